@@ -1,0 +1,47 @@
+//! The public HTTP API: one module per resource, each exposing `router()`, merged here.
+//!
+//! Routes are registered through utoipa-axum's `OpenApiRouter`, so the OpenAPI document
+//! is built from the same handlers and types that serve requests and cannot drift from
+//! them. The admin endpoints are *not* here: they live on their own listener
+//! (`crate::admin`), so the public one answers 404 for them.
+
+pub mod error;
+pub mod extract;
+pub mod members;
+pub mod openapi;
+pub mod pagination;
+pub mod projects;
+pub mod tokens;
+pub mod users;
+
+use axum::Router;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+use crate::middleware;
+
+/// The OpenAPI document and the routes it describes.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(users::router())
+        .merge(tokens::router())
+        .merge(projects::router())
+        .merge(members::router())
+        .split_for_parts();
+    openapi::add_common_responses(&mut document);
+    (routes, document)
+}
+
+/// The public listener's whole service: the API, `GET /openapi.json`, `GET /docs`
+/// (Swagger UI, served from the binary: it works offline), wrapped in the middleware
+/// stack.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = routes();
+    let app = routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(middleware::errors::not_found)
+        .with_state(state.clone());
+    middleware::basic_stack(app, &state.config.http)
+}

@@ -1,0 +1,160 @@
+//! The OpenAPI document, generated from the handlers' own types (utoipa), served at
+//! `GET /openapi.json` with interactive docs at `GET /docs`.
+//!
+//! Each handler's `#[utoipa::path]` lists its success response and the errors specific to
+//! it (403, 404, 409). The errors that follow from an operation's *shape* are added here,
+//! once, by [`add_common_responses`], so that no handler can forget one:
+//!
+//! * a security requirement → 401 (with its `WWW-Authenticate` header);
+//! * a request body → 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
+//! * query parameters → 422;
+//! * every operation → 503 (shed, or a dependency down);
+//! * every error response → an `application/problem+json` body (`Problem`).
+
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{Modify, OpenApi};
+
+use super::error::{PROBLEM_JSON, Problem, ProblemField};
+
+/// The name of the bearer-token security scheme.
+pub const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Keel",
+        description = "A reference scalable backend service: a small project-management API \
+                       (users, projects, members, tasks, comments, stats) that demonstrates the \
+                       stabilize-first-then-scale playbook. Errors are application/problem+json \
+                       (RFC 9457); lists are keyset-paginated with opaque cursors.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    components(schemas(Problem, ProblemField)),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "users", description = "Accounts and the caller's own data"),
+        (name = "auth", description = "Access tokens"),
+        (name = "projects", description = "Projects: visible to their members only"),
+        (name = "members", description = "Who belongs to a project, with which role"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from POST /v1/auth/token."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds the responses that follow from each operation's shape (see the module docs).
+/// Run on the finished document: the derive's modifiers run before the routers' paths
+/// are merged in.
+pub fn add_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        for operation in operations(item) {
+            add_shape_errors(operation);
+            attach_problem_bodies(operation);
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+fn add_shape_errors(operation: &mut Operation) {
+    let responses = &mut operation.responses.responses;
+    let mut add = |status: &str, description: &str| {
+        responses.entry(status.to_owned()).or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .build()
+                .into()
+        });
+    };
+    add(
+        "503",
+        "Overloaded, or a dependency is down; retry after `Retry-After` seconds",
+    );
+    if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+        add("401", "Missing, malformed, expired or forged access token");
+    }
+    if operation.request_body.is_some() {
+        add("400", "The body is not well-formed JSON");
+        add("413", "The body is larger than 64 KiB");
+        add("415", "The body is not application/json");
+        add("422", "The body's fields are not acceptable (see `errors`)");
+    }
+    let has_query = operation.parameters.iter().flatten().any(|p| match p {
+        RefOr::T(p) => matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query),
+        RefOr::Ref(_) => false,
+    });
+    if has_query {
+        add("422", "A query parameter is not acceptable (see `errors`)");
+    }
+}
+
+fn attach_problem_bodies(operation: &mut Operation) {
+    for (status, response) in operation.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        if !status.starts_with(['4', '5']) || !response.content.is_empty() {
+            continue;
+        }
+        response.content.insert(
+            PROBLEM_JSON.to_owned(),
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+                .into(),
+        );
+        if status == "401" {
+            response.headers.insert(
+                "WWW-Authenticate".to_owned(),
+                HeaderBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .description(Some(
+                        "`Bearer`, with `error=\"invalid_token\"` when a token was sent",
+                    ))
+                    .build()
+                    .into(),
+            );
+        }
+        if status == "503" || status == "429" {
+            response.headers.insert(
+                "Retry-After".to_owned(),
+                HeaderBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                    .description(Some("Seconds to wait before retrying"))
+                    .build()
+                    .into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `/v1/projects`: create, list, read, change and delete projects.
+//!
+//! Authorization is in the signatures: `ProjectAccess<OwnerOrAdmin>` on `update`,
+//! `ProjectAccess<OwnerOnly>` on `delete` (see `extract.rs`).
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{
+    AnyMember, AppJson, AppQuery, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess,
+};
+use super::pagination::{Page, PageParams};
+use crate::app::AppState;
+use crate::db::projects::ProjectChanges;
+use crate::db::{self, Keyset};
+use crate::domain::{ProjectDescription, ProjectName, validate};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_project, list_projects))
+        .routes(routes!(get_project, update_project, delete_project))
+}
+
+/// A new project.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*$",
+        example = "Website relaunch"
+    )]
+    name: String,
+    #[schema(max_length = 10000, pattern = r"^[^\u0000]*$")]
+    description: Option<String>,
+}
+
+/// Changes to a project: absent fields stay as they are; `description: null` clears it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*$")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 10000, pattern = r"^[^\u0000]*$")]
+    description: Option<Option<String>>,
+}
+
+/// Tells "absent" (`None`, by `#[serde(default)]`) from "null" (`Some(None)`).
+pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A project.
+#[derive(Serialize, ToSchema)]
+pub struct ProjectBody {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    owner_id: Uuid,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<db::projects::Project> for ProjectBody {
+    fn from(p: db::projects::Project) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            description: p.description,
+            owner_id: p.owner_id,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// Create a project; the caller becomes its owner.
+#[utoipa::path(
+    post,
+    path = "/v1/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    request_body = CreateProject,
+    responses((status = 201, description = "The new project", body = ProjectBody,
+               headers(("Location" = String, description = "The project's URL")))),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn create_project(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(body): AppJson<CreateProject>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (name, description) = validate((
+        ("name", ProjectName::parse(body.name)),
+        (
+            "description",
+            body.description.map(ProjectDescription::parse).transpose(),
+        ),
+    ))?;
+    let project = db::projects::create(
+        &state.db,
+        Uuid::now_v7(),
+        name.as_str(),
+        description.as_ref().map(ProjectDescription::as_str),
+        user.id,
+    )
+    .await?;
+    let location = format!("/v1/projects/{}", project.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        AppJson(ProjectBody::from(project)),
+    ))
+}
+
+/// The caller's projects, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(PageParams),
+    responses((status = 200, description = "A page of the caller's projects", body = Page<ProjectBody>)),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn list_projects(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppQuery(params): AppQuery<PageParams>,
+) -> Result<AppJson<Page<ProjectBody>>, ApiError> {
+    let request = params.parse(
+        &state.cursors,
+        format!("projects|{}", user.id),
+        Keyset::NEWEST,
+    )?;
+    let rows =
+        db::projects::list_for_member(&state.db, user.id, request.after, request.fetch_limit())
+            .await?;
+    Ok(AppJson(request.page(
+        rows,
+        |p| p.keyset(),
+        ProjectBody::from,
+    )))
+}
+
+/// A project.
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project's id")),
+    responses(
+        (status = 200, description = "The project", body = ProjectBody),
+        (status = 404, description = "No such project, or the caller is not a member"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+async fn get_project(
+    State(state): State<AppState>,
+    access: ProjectAccess<AnyMember>,
+) -> Result<AppJson<ProjectBody>, ApiError> {
+    let project = db::projects::find(&state.db, access.project_id)
+        .await?
+        .ok_or(ApiError::NotFound("project"))?;
+    Ok(AppJson(project.into()))
+}
+
+/// Change a project (owners and admins).
+#[utoipa::path(
+    patch,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project's id")),
+    request_body = UpdateProject,
+    responses(
+        (status = 200, description = "The changed project", body = ProjectBody),
+        (status = 403, description = "The caller is a member, but not an owner or admin"),
+        (status = 404, description = "No such project, or the caller is not a member"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+async fn update_project(
+    State(state): State<AppState>,
+    access: ProjectAccess<OwnerOrAdmin>,
+    AppJson(body): AppJson<UpdateProject>,
+) -> Result<AppJson<ProjectBody>, ApiError> {
+    let name = match body.name {
+        None => Ok(None),
+        Some(None) => Err("must not be null".to_owned()),
+        Some(Some(name)) => ProjectName::parse(name).map(Some),
+    };
+    let description = body
+        .description
+        .map(|d| d.map(ProjectDescription::parse).transpose())
+        .transpose();
+    let (name, description) = validate((("name", name), ("description", description)))?;
+    let changes = ProjectChanges {
+        name: name.as_ref().map(ProjectName::as_str),
+        description: description
+            .as_ref()
+            .map(|d| d.as_ref().map(ProjectDescription::as_str)),
+    };
+    let project = db::projects::update(&state.db, access.project_id, changes)
+        .await?
+        .ok_or(ApiError::NotFound("project"))?;
+    Ok(AppJson(project.into()))
+}
+
+/// Delete a project with its tasks, comments, members and stats (owner only).
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is a member, but not the owner"),
+        (status = 404, description = "No such project, or the caller is not a member"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+async fn delete_project(
+    State(state): State<AppState>,
+    access: ProjectAccess<OwnerOnly>,
+) -> Result<StatusCode, ApiError> {
+    if db::projects::delete(&state.db, access.project_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("project"))
+    }
+}

@@ -1,0 +1,117 @@
+//! `POST /v1/users`, `GET /v1/me`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::{ApiError, ResultExt};
+use super::extract::{AppJson, AuthUser};
+use crate::app::AppState;
+use crate::db;
+use crate::domain::{Email, Password, UserName, validate};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user))
+        .routes(routes!(me))
+}
+
+/// A sign-up.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
+    email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f]*$",
+        example = "Ada Lovelace"
+    )]
+    name: String,
+    #[schema(value_type = String, format = Password, min_length = 12, max_length = 256)]
+    password: SecretString,
+}
+
+/// A user. Never carries the password or its hash.
+#[derive(Serialize, ToSchema)]
+pub struct UserBody {
+    id: Uuid,
+    #[schema(format = Email)]
+    email: String,
+    name: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<db::users::User> for UserBody {
+    fn from(user: db::users::User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// Create an account.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The new user", body = UserBody),
+        (status = 409, description = "The email is taken (compared case-insensitively)"),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+async fn create_user(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<CreateUser>,
+) -> Result<(StatusCode, AppJson<UserBody>), ApiError> {
+    let (email, name, password) = validate((
+        ("email", Email::parse(body.email)),
+        ("name", UserName::parse(body.name)),
+        ("password", Password::parse(body.password)),
+    ))?;
+    let hash = state.passwords.hash(password.expose()).await?;
+    let user = db::users::insert(
+        &state.db,
+        Uuid::now_v7(),
+        email.as_str(),
+        name.as_str(),
+        &hash,
+    )
+    .await
+    .on_constraint(db::users::EMAIL_KEY, || ApiError::Conflict {
+        slug: "email-taken",
+        detail: "An account with this email already exists.".into(),
+    })?;
+    Ok((StatusCode::CREATED, AppJson(user.into())))
+}
+
+/// The caller's own account.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller", body = UserBody)),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn me(State(state): State<AppState>, user: AuthUser) -> Result<AppJson<UserBody>, ApiError> {
+    // A valid token for a user that no longer exists authenticates no one.
+    let user = db::users::find(&state.db, user.id)
+        .await?
+        .ok_or(ApiError::Unauthorized {
+            invalid_token: true,
+        })?;
+    Ok(AppJson(user.into()))
+}

@@ -1,0 +1,116 @@
+//! PostgreSQL: the pool, the embedded migrations, and one repository module per aggregate.
+//!
+//! Repositories are plain async functions over a `PgExecutor` (a pool, a connection or a
+//! transaction), one SQL statement each, written with sqlx's checked macros so that a typo
+//! or a type mismatch fails the build (the `.sqlx/` directory holds the checked metadata for
+//! offline builds). They return `sqlx::Error`; the HTTP layer decides what a constraint
+//! violation means to a client (`api::error::ResultExt::on_constraint`).
+
+pub mod flags;
+pub mod members;
+pub mod projects;
+pub mod users;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+use uuid::Uuid;
+
+use crate::config::DatabaseConfig;
+
+/// A position in a list ordered by `(created_at, id)`: where the next page starts.
+///
+/// # Keyset pagination, and why every list query has one shape
+///
+/// Lists are read "after a position", never with OFFSET: the database seeks straight to
+/// the position in an index and reads one page, so page 1 000 costs what page 1 costs, and
+/// rows inserted meanwhile cannot shift a page boundary (no row skipped or repeated).
+///
+/// The first page passes [`Keyset::NEWEST`] (or [`Keyset::OLDEST`] for oldest-first
+/// lists), a position beyond every real row, instead of using a separate "no cursor" query
+/// or an `$2 is null or …` predicate: sqlx runs prepared statements, Postgres switches
+/// them to a generic plan after five runs, and a generic plan cannot turn
+/// `$2 is null or (created_at, id) < ($2, $3)` into an index bound — it reads the whole
+/// range and sorts it. One predicate, always bound, keeps every page an index range scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keyset {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Keyset {
+    /// After every real row: the start of a newest-first list.
+    pub const NEWEST: Keyset = Keyset {
+        created_at: DateTime::<Utc>::MAX_UTC,
+        id: Uuid::max(),
+    };
+    /// Before every real row: the start of an oldest-first list.
+    pub const OLDEST: Keyset = Keyset {
+        created_at: DateTime::<Utc>::MIN_UTC,
+        id: Uuid::nil(),
+    };
+}
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// A pool that connects on first use, so that `keel serve` starts (and reports itself
+/// unready) while Postgres is still coming up, instead of crash-looping.
+pub fn pool(config: &DatabaseConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(config.connect.clone())
+}
+
+/// Creates the configured database when it does not exist yet (`keel all` on a fresh
+/// machine). Returns whether it was created.
+pub async fn create_database_if_missing(config: &DatabaseConfig) -> anyhow::Result<bool> {
+    let name = config.database_name().to_owned();
+    let maintenance: PgConnectOptions = config.connect.clone().database("postgres");
+    let mut conn = maintenance.connect().await.with_context(|| {
+        format!(
+            "Failed to connect to Postgres at {}:{}",
+            config.connect.get_host(),
+            config.connect.get_port()
+        )
+    })?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        name
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("Failed to look up the database")?;
+    if !exists {
+        // Identifiers cannot be bound as parameters; the name is quoted (and its quotes
+        // doubled), so this is the one statement here built at run time.
+        let statement = format!(r#"create database "{}""#, name.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("Failed to create database {name:?}"))?;
+    }
+    conn.close().await.ok();
+    Ok(!exists)
+}
+
+/// Applies the embedded migrations. Safe to run from several instances at once: sqlx
+/// serialises them with an advisory lock.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("Failed to apply the database migrations")
+}
+
+/// Whether Postgres answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("select 1 as one")
+        .fetch_one(pool)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,91 @@
+//! Users.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// A user as clients see it: no password hash.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a login needs: the id and the stored hash.
+pub struct Credentials {
+    pub id: Uuid,
+    pub password_hash: String,
+}
+
+/// The unique index behind "email taken" (409).
+pub const EMAIL_KEY: &str = "users_email_key";
+
+#[tracing::instrument(skip_all)]
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> Result<User, sqlx::Error> {
+    sqlx::query_as!(
+        User,
+        "insert into users (id, email, name, password_hash)
+         values ($1, $2, $3, $4)
+         returning id, email, name, created_at",
+        id,
+        email,
+        name,
+        password_hash
+    )
+    .fetch_one(db)
+    .await
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as!(
+        User,
+        "select id, email, name, created_at from users where id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find_by_email(
+    db: impl PgExecutor<'_>,
+    email: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as!(
+        User,
+        "select id, email, name, created_at from users where lower(email) = lower($1)",
+        email
+    )
+    .fetch_optional(db)
+    .await
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn credentials(
+    db: impl PgExecutor<'_>,
+    email: &str,
+) -> Result<Option<Credentials>, sqlx::Error> {
+    sqlx::query_as!(
+        Credentials,
+        "select id, password_hash from users where lower(email) = lower($1)",
+        email
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Whether any user exists (the demo data set is added only to an empty database).
+pub async fn any(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"select exists (select 1 from users) as "exists!""#)
+        .fetch_one(db)
+        .await
+}

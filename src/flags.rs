@@ -1,0 +1,272 @@
+//! The workshop fix flags: every playbook fix can be switched off at run time, for every
+//! instance at once, so that a workshop can show the "before" and the "after" under the
+//! same load.
+//!
+//! # How a change travels
+//!
+//! The flags live in Postgres (`fix_flags`), the one store every instance shares. Each
+//! instance keeps an in-process snapshot (an atomic per flag: reading a flag on a hot path
+//! costs one relaxed load) and a refresher task that re-reads the table
+//!
+//! * at once when the table changes — a trigger calls `pg_notify`, the refresher LISTENs;
+//! * every `KEEL_FLAGS_POLL_INTERVAL` (≤ 5 s) regardless — the fallback for a lost LISTEN
+//!   connection or a notification missed during a reconnect.
+//!
+//! So a change reaches every instance within milliseconds normally and within 5 s at worst,
+//! with no restart. While Postgres is unreachable the snapshot keeps its last values (at
+//! start-up: every flag on, the fixed behaviour).
+//!
+//! # Adding a flag
+//!
+//! Add a variant to [`Flag`] with its name and description; the start-up registration
+//! inserts its row, and `flags.enabled(Flag::X)` reads it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+
+/// Every fix that a workshop can switch off. All default to on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    BatchLoading,
+    Cache,
+    AsyncJobs,
+    RateLimit,
+    LoadShedding,
+    Timeouts,
+    CircuitBreaker,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 7] = [
+        Flag::BatchLoading,
+        Flag::Cache,
+        Flag::AsyncJobs,
+        Flag::RateLimit,
+        Flag::LoadShedding,
+        Flag::Timeouts,
+        Flag::CircuitBreaker,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::BatchLoading => "batch_loading",
+            Flag::Cache => "cache",
+            Flag::AsyncJobs => "async_jobs",
+            Flag::RateLimit => "rate_limit",
+            Flag::LoadShedding => "load_shedding",
+            Flag::Timeouts => "timeouts",
+            Flag::CircuitBreaker => "circuit_breaker",
+        }
+    }
+
+    /// What the service does when the flag is off (design.md's table).
+    pub fn when_off(self) -> &'static str {
+        match self {
+            Flag::BatchLoading => {
+                "a page of tasks loads each assignee and comment count with its own query (N+1)"
+            }
+            Flag::Cache => "hot reads always go to Postgres",
+            Flag::AsyncJobs => {
+                "the assignment email is sent over SMTP inside the request, and stats are recomputed inline"
+            }
+            Flag::RateLimit => "no rate limiting",
+            Flag::LoadShedding => "no concurrency limit: overload queues up without bound",
+            Flag::Timeouts => "no request deadline and no statement timeout",
+            Flag::CircuitBreaker => {
+                "a dead dependency is called anyway, each call waiting for its timeout"
+            }
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Flag> {
+        Flag::ALL.into_iter().find(|flag| flag.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One flag as this instance currently sees it.
+#[derive(Debug, Clone)]
+pub struct FlagState {
+    pub flag: Flag,
+    pub enabled: bool,
+    /// When the flag last changed in the store; `None` until the first successful read.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The in-process snapshot, shared by every request of this instance.
+#[derive(Clone)]
+pub struct Flags(Arc<Inner>);
+
+struct Inner {
+    enabled: [AtomicBool; Flag::ALL.len()],
+    updated_at: RwLock<[Option<DateTime<Utc>>; Flag::ALL.len()]>,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Self(Arc::new(Inner {
+            enabled: std::array::from_fn(|_| AtomicBool::new(true)),
+            updated_at: RwLock::new([None; Flag::ALL.len()]),
+        }))
+    }
+}
+
+impl Flags {
+    /// Whether a fix is on. Cheap enough for every request.
+    pub fn enabled(&self, flag: Flag) -> bool {
+        self.0.enabled[flag.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every flag with its state, in registry order.
+    pub fn snapshot(&self) -> Vec<FlagState> {
+        let updated_at = *self.0.updated_at.read().unwrap_or_else(|e| e.into_inner());
+        Flag::ALL
+            .into_iter()
+            .map(|flag| FlagState {
+                flag,
+                enabled: self.enabled(flag),
+                updated_at: updated_at[flag.index()],
+            })
+            .collect()
+    }
+
+    /// Applies rows read from the store; rows of flags this build does not know (an older
+    /// or newer instance's) are ignored.
+    pub fn apply(&self, rows: &[db::flags::FlagRow]) {
+        let mut updated_at = self.0.updated_at.write().unwrap_or_else(|e| e.into_inner());
+        for row in rows {
+            if let Some(flag) = Flag::from_name(&row.name) {
+                self.0.enabled[flag.index()].store(row.enabled, Ordering::Relaxed);
+                updated_at[flag.index()] = Some(row.updated_at);
+            }
+        }
+    }
+
+    /// Reads every flag from the store into the snapshot.
+    pub async fn reload(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let rows = db::flags::all(pool).await?;
+        self.apply(&rows);
+        Ok(())
+    }
+}
+
+/// Inserts the rows of flags the store does not have yet (enabled).
+pub async fn register(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let names: Vec<String> = Flag::ALL.iter().map(|f| f.name().to_owned()).collect();
+    db::flags::register(pool, &names).await
+}
+
+/// Keeps `flags` in step with the store until `shutdown` fires (see the module docs).
+pub async fn run_refresher(
+    flags: Flags,
+    pool: PgPool,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut listener: Option<PgListener> = None;
+    let mut registered = false;
+    loop {
+        if !registered {
+            registered = register(&pool).await.is_ok();
+        }
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        // Reload after every (re)connection too: a change made while the LISTEN connection
+        // was down sent a notification that nobody heard.
+        if let Err(e) = flags.reload(&pool).await {
+            tracing::warn!(error = %e, "could not refresh the fix flags; keeping the last values");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(poll_interval) => {}
+            notification = next_notification(&mut listener) => {
+                if let Err(e) = notification {
+                    tracing::warn!(error = %e, "lost the fix-flag LISTEN connection; polling until it is back");
+                    listener = None;
+                }
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let result = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(db::flags::CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    }
+    .await;
+    match result {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::debug!(error = %e, "fix-flag LISTEN unavailable; polling");
+            None
+        }
+    }
+}
+
+/// Waits for a notification; with no listener, waits forever (the poll timer wins).
+async fn next_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_round_trips_through_its_name() {
+        for flag in Flag::ALL {
+            assert_eq!(Flag::from_name(flag.name()), Some(flag));
+        }
+        assert_eq!(Flag::from_name("nope"), None);
+    }
+
+    #[test]
+    fn indexes_match_the_registry_order() {
+        for (i, flag) in Flag::ALL.into_iter().enumerate() {
+            assert_eq!(flag.index(), i);
+        }
+    }
+
+    #[test]
+    fn flags_start_on_and_follow_the_store() {
+        let flags = Flags::default();
+        assert!(Flag::ALL.into_iter().all(|f| flags.enabled(f)));
+        flags.apply(&[
+            db::flags::FlagRow {
+                name: "cache".into(),
+                enabled: false,
+                updated_at: Utc::now(),
+            },
+            db::flags::FlagRow {
+                name: "from_a_newer_build".into(),
+                enabled: false,
+                updated_at: Utc::now(),
+            },
+        ]);
+        assert!(!flags.enabled(Flag::Cache));
+        assert!(flags.enabled(Flag::Timeouts));
+        let cache = flags
+            .snapshot()
+            .into_iter()
+            .find(|s| s.flag == Flag::Cache)
+            .unwrap();
+        assert!(cache.updated_at.is_some());
+    }
+}

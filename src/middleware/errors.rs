@@ -1,0 +1,55 @@
+//! Error responses: problem+json for everything, causes in the log only.
+
+use std::any::Any;
+
+use axum::BoxError;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::error::{InternalErrorReport, PROBLEM_JSON, Problem};
+
+/// Logs the cause of a 500 (attached by `ApiError::Internal`), and gives any error
+/// response that has no problem+json body one — the router's 404 and 405, tower-http's
+/// 413, whatever a layer produces — keeping its headers (`Allow`, `Retry-After`, …).
+pub async fn finish<B>(response: Response<B>) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let Some(InternalErrorReport(cause)) = response.extensions().get::<InternalErrorReport>() {
+        tracing::error!(error.cause_chain = ?cause, error.message = %cause, "request failed");
+    }
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response.map(Body::new);
+    }
+    let (mut parts, _body) = response.into_parts();
+    let problem = Problem::for_status(status);
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// A panicking handler becomes a 500 problem+json; the panic message goes to the log.
+pub fn panic_to_problem(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic.message = message, "handler panicked");
+    Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR).into_response()
+}
+
+/// The fallback of both routers: a 404 problem.
+pub async fn not_found() -> Response {
+    Problem::for_status(StatusCode::NOT_FOUND).into_response()
+}
