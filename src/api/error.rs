@@ -258,17 +258,39 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            // Postgres is down or saturated: the client may retry, and readiness reports it.
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::Unavailable {
-                    detail: "The database is unavailable; retry shortly.",
-                    retry_after_secs: 1,
-                }
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable {
+                detail: "The database is unavailable; retry shortly.",
+                retry_after_secs: 1,
             }
-            e => Self::Internal(anyhow::Error::new(e).context("database error")),
+        } else {
+            Self::Internal(anyhow::Error::new(e).context("database error"))
         }
+    }
+}
+
+/// Whether an error means "Postgres cannot serve this now" (the client may retry, and
+/// readiness reports it) rather than "this request is wrong" or a bug: the connection
+/// could not be made or was lost, the pool is exhausted, or the server refused for load
+/// or shutdown (SQLSTATE classes 08, 53300, 57P01-57P03) or cancelled the statement on
+/// its deadline (57014).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "53300" | "57P01" | "57P02" | "57P03" | "57014"
+                )
+        }),
+        _ => false,
     }
 }
 
@@ -329,9 +351,18 @@ mod tests {
     }
 
     #[test]
-    fn an_exhausted_pool_is_a_503_not_a_500() {
-        let error = ApiError::from(sqlx::Error::PoolTimedOut);
-        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    fn an_unreachable_or_exhausted_database_is_a_503_not_a_500() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Protocol("unexpected response from SSLRequest".into()),
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert_eq!(ApiError::from(e).status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(
+            ApiError::from(sqlx::Error::RowNotFound).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]

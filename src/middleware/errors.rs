@@ -9,23 +9,26 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::error::{InternalErrorReport, PROBLEM_JSON, Problem};
 
-/// Logs the cause of a 500 (attached by `ApiError::Internal`), and gives any error
-/// response that has no problem+json body one — the router's 404 and 405, tower-http's
-/// 413, whatever a layer produces — keeping its headers (`Allow`, `Retry-After`, …).
+/// Logs the cause of a 500 (attached by `ApiError::Internal`), and gives any bare error
+/// response a problem+json body — the router's 405, tower-http's 413, whatever a layer
+/// produces — keeping its headers (`Allow`, `Retry-After`, …).
 pub async fn finish<B>(response: Response<B>) -> Response
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     if let Some(InternalErrorReport(cause)) = response.extensions().get::<InternalErrorReport>() {
-        tracing::error!(error.cause_chain = ?cause, error.message = %cause, "request failed");
+        // `{:#}` prints the whole cause chain on one line: "database error: …: …".
+        tracing::error!(error.cause_chain = %format_args!("{cause:#}"), "request failed");
     }
     let status = response.status();
-    let is_problem = response
+    // Bare means no body type, or plain text (what axum's fallbacks and tower-http's
+    // layers produce). A JSON error body is deliberate (`/readyz`'s 503) and kept.
+    let bare = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !bare {
         return response.map(Body::new);
     }
     let (mut parts, _body) = response.into_parts();

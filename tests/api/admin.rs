@@ -1,0 +1,280 @@
+//! The admin listener: liveness, readiness, and the fix flags shared by every instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_TOKEN, TcpProxy, TestApp, assert_problem, eventually, pool_through, postgres_addr,
+    spawn_app, spawn_app_with_pool,
+};
+
+async fn flag(app: &TestApp, name: &str) -> bool {
+    let flags: Value = app
+        .admin_request(Method::GET, "/admin/flags")
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    flags["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .map(|f| f["enabled"].as_bool().unwrap())
+        .expect("the flag is listed")
+}
+
+async fn set_flag(app: &TestApp, name: &str, enabled: bool) -> reqwest::Response {
+    app.admin_request(Method::PUT, &format!("/admin/flags/{name}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"enabled": enabled}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn healthz_is_200_and_readyz_reports_postgres_up() {
+    let app = spawn_app().await;
+
+    let health = app
+        .admin_request(Method::GET, "/healthz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let ready = app
+        .admin_request(Method::GET, "/readyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ready", "dependencies": {"postgres": "up"}})
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_postgres_is_unreachable_and_recovers() {
+    let first = spawn_app().await;
+    let proxy = TcpProxy::start(postgres_addr()).await;
+    let app = spawn_app_with_pool(
+        first.test_db.clone(),
+        pool_through(&proxy, &first.test_db),
+        |_| {},
+    )
+    .await;
+    let ready = || async {
+        app.admin_request(Method::GET, "/readyz")
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(ready().await.status(), StatusCode::OK);
+
+    proxy.cut();
+    let down = ready().await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = down.json().await.unwrap();
+    assert_eq!(body["dependencies"]["postgres"], "down");
+    assert_eq!(body["status"], "unready");
+    // The liveness probe must not follow: restarting the process would not bring Postgres back.
+    let health = app
+        .admin_request(Method::GET, "/healthz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // API requests that need Postgres fail fast with 503, not 500.
+    let user = first.signup().await;
+    let api = app.get("/v1/me", &user.token).await;
+    assert_problem(api, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    proxy.restore();
+    let recovered = eventually(Duration::from_secs(5), async || {
+        ready().await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(recovered, "readiness returns once Postgres is reachable");
+}
+
+#[tokio::test]
+async fn the_flag_api_needs_the_admin_token() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+
+    let none = app
+        .admin_request(Method::GET, "/admin/flags")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(none, StatusCode::UNAUTHORIZED).await;
+    for token in [
+        user.token.as_str(),
+        "wrong-token",
+        &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1],
+    ] {
+        let response = app
+            .admin_request(Method::GET, "/admin/flags")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::UNAUTHORIZED).await;
+        let put = app
+            .admin_request(Method::PUT, "/admin/flags/cache")
+            .bearer_auth(token)
+            .json(&json!({"enabled": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(put, StatusCode::UNAUTHORIZED).await;
+    }
+    assert!(flag(&app, "cache").await, "nothing changed");
+}
+
+#[tokio::test]
+async fn every_design_flag_is_registered_and_on_by_default() {
+    let app = spawn_app().await;
+
+    let flags: Value = app
+        .admin_request(Method::GET, "/admin/flags")
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let names: Vec<&str> = flags["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "batch_loading",
+            "cache",
+            "async_jobs",
+            "rate_limit",
+            "load_shedding",
+            "timeouts",
+            "circuit_breaker"
+        ]
+    );
+    assert!(
+        flags["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["enabled"] == true)
+    );
+    let stored: i64 = sqlx::query_scalar("select count(*) from fix_flags")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 7);
+}
+
+#[tokio::test]
+async fn switching_a_flag_applies_at_once_and_is_stored() {
+    let app = spawn_app().await;
+
+    let response = set_flag(&app, "batch_loading", false).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["name"], "batch_loading");
+    assert_eq!(body["enabled"], false);
+    assert!(!flag(&app, "batch_loading").await);
+    assert!(!app.state.flags.enabled(keel::flags::Flag::BatchLoading));
+    let stored: bool =
+        sqlx::query_scalar("select enabled from fix_flags where name = 'batch_loading'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(!stored);
+}
+
+#[tokio::test]
+async fn unknown_flags_are_404_and_bad_bodies_422() {
+    let app = spawn_app().await;
+
+    assert_problem(
+        set_flag(&app, "warp_drive", false).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    for body in [
+        json!({"enabled": "no"}),
+        json!({}),
+        json!({"enabled": true, "extra": 1}),
+    ] {
+        let response = app
+            .admin_request(Method::PUT, "/admin/flags/cache")
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flag_change_reaches_another_instance_within_5_seconds() {
+    let a = spawn_app().await;
+    let b = a.another_instance(a.test_db.pool.clone()).await;
+    assert!(flag(&b, "cache").await);
+
+    set_flag(&a, "cache", false).await;
+
+    let seen = eventually(Duration::from_secs(5), async || !flag(&b, "cache").await).await;
+    assert!(
+        seen,
+        "instance b applies the change within 5 s, without a restart"
+    );
+
+    // A change made outside the API (psql, during a workshop) travels the same way.
+    sqlx::query("update fix_flags set enabled = true where name = 'cache'")
+        .execute(&a.db)
+        .await
+        .unwrap();
+    let seen_a = eventually(Duration::from_secs(5), async || flag(&a, "cache").await).await;
+    let seen_b = eventually(Duration::from_secs(5), async || flag(&b, "cache").await).await;
+    assert!(seen_a && seen_b);
+}
+
+#[tokio::test]
+async fn a_flag_change_made_while_the_listen_connection_was_down_still_arrives() {
+    let a = spawn_app().await;
+    let proxy = TcpProxy::start(postgres_addr()).await;
+    let b = spawn_app_with_pool(
+        Arc::clone(&a.test_db),
+        pool_through(&proxy, &a.test_db),
+        |vars| {
+            vars.insert("KEEL_FLAGS_POLL_INTERVAL".into(), "500ms".into());
+        },
+    )
+    .await;
+    assert!(flag(&b, "timeouts").await);
+
+    proxy.cut();
+    set_flag(&a, "timeouts", false).await; // b cannot hear this notification
+    proxy.restore();
+
+    let seen = eventually(Duration::from_secs(5), async || !flag(&b, "timeouts").await).await;
+    assert!(seen, "the poll fallback picks the change up");
+}

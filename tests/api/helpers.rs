@@ -1,0 +1,436 @@
+//! Test fixtures: a database per test, the service on port 0, and a client that speaks
+//! the contract.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use keel::app::{AppState, Application};
+use keel::config::{Config, Environment};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The JWT secret of every test app, so that tests can forge and tamper with tokens.
+pub const JWT_SECRET: &str = "test-jwt-secret-with-enough-bytes-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789-abcdefghij";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The server that hosts the per-test databases: `KEEL_TEST_DATABASE_URL`, by default
+/// the local Postgres's maintenance database.
+pub fn maintenance_options() -> PgConnectOptions {
+    let url = std::env::var("KEEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    url.parse()
+        .expect("KEEL_TEST_DATABASE_URL is a Postgres URL")
+}
+
+/// A database of its own for one test: created and migrated on `create`, dropped on
+/// drop — also when the test fails, since `Drop` runs while a panic unwinds.
+pub struct TestDb {
+    pub name: String,
+    pub options: PgConnectOptions,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("keel_test_{}", Uuid::now_v7().simple());
+        let mut admin = maintenance_options()
+            .connect()
+            .await
+            .expect("Postgres must be running on 127.0.0.1:5432 (or set KEEL_TEST_DATABASE_URL)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(r#"create database "{name}""#)))
+            .await
+            .expect("create the test database");
+        admin.close().await.ok();
+        let options = maintenance_options().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect_lazy_with(options.clone());
+        keel::db::migrate(&pool)
+            .await
+            .expect("migrate the test database");
+        Self {
+            name,
+            options,
+            pool,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with
+        // a runtime of its own can.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async move {
+                let mut admin = maintenance_options().connect().await?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        r#"drop database if exists "{name}" with (force)"#
+                    )))
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// The variables every test app starts from; tests override what they need.
+pub fn base_vars() -> HashMap<String, String> {
+    [
+        ("KEEL_ENV", "dev"),
+        ("KEEL_HTTP_ADDR", "127.0.0.1:0"),
+        ("KEEL_ADMIN_ADDR", "127.0.0.1:0"),
+        ("KEEL_JWT_SECRET", JWT_SECRET),
+        ("KEEL_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("KEEL_SHUTDOWN_TIMEOUT", "5s"),
+        ("KEEL_FLAGS_POLL_INTERVAL", "5s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A running instance of the service with its own database.
+pub struct TestApp {
+    pub api: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub db: PgPool,
+    shutdown: CancellationToken,
+    // Declared last: dropped after the server has been told to stop. Shared by every
+    // instance on the same database; dropped with the last one.
+    pub test_db: Arc<TestDb>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Logs of the app under test go to the test's output with `TEST_LOG=1`.
+fn init_test_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let log = keel::config::LogConfig {
+                filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                format: keel::config::LogFormat::Text,
+            };
+            keel::telemetry::init(&log).ok();
+        }
+    });
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the app after `customize` has adjusted its variables.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+    let test_db = Arc::new(TestDb::create().await);
+    let pool = test_db.pool.clone();
+    spawn_app_with_pool(test_db, pool, customize).await
+}
+
+/// Spawns the app with a pool of the test's choosing (through a proxy, say).
+pub async fn spawn_app_with_pool(
+    test_db: Arc<TestDb>,
+    pool: PgPool,
+    customize: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
+    init_test_logging();
+    let mut vars = base_vars();
+    customize(&mut vars);
+    let config = Config::from_map(&vars, Environment::Dev).expect("a valid test configuration");
+    let shutdown = CancellationToken::new();
+    let app = Application::build_with_pool(config, pool, shutdown.clone())
+        .await
+        .expect("build the app");
+    let api = format!("http://{}", app.public_addr());
+    let admin = format!("http://{}", app.admin_addr());
+    let state = app.state().clone();
+    keel::flags::register(&state.db)
+        .await
+        .expect("register the flags");
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        api,
+        admin,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client"),
+        db: test_db.pool.clone(),
+        state,
+        shutdown,
+        test_db,
+    }
+}
+
+/// A signed-up user with a token.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub email: String,
+    pub token: String,
+}
+
+impl TestApp {
+    /// A second instance of the service on the same database, as behind a load balancer.
+    pub async fn another_instance(&self, pool: PgPool) -> TestApp {
+        spawn_app_with_pool(self.test_db.clone(), pool, |_| {}).await
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.api));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        self.request(Method::POST, path, token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path, Some(token))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub fn admin_request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.admin))
+    }
+
+    /// Signs up a fresh user and signs them in.
+    pub async fn signup(&self) -> TestUser {
+        let email = format!("user-{}@example.com", Uuid::now_v7().simple());
+        let response = self
+            .post(
+                "/v1/users",
+                None,
+                &json!({"email": email, "name": "Test User", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "sign-up");
+        let user: Value = response.json().await.expect("user json");
+        let token = self.login(&email, PASSWORD).await;
+        TestUser {
+            id: user["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("user id"),
+            email,
+            token,
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post(
+                "/v1/auth/token",
+                None,
+                &json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "sign-in");
+        let body: Value = response.json().await.expect("token json");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// Creates a project owned by `owner`; returns its id.
+    pub async fn create_project(&self, owner: &TestUser, name: &str) -> Uuid {
+        let response = self
+            .post("/v1/projects", Some(&owner.token), &json!({"name": name}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create project");
+        let body: Value = response.json().await.expect("project json");
+        body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("project id")
+    }
+
+    /// Adds `user` to `project` with `role`, as `by`.
+    pub async fn add_member(&self, by: &TestUser, project: Uuid, user: &TestUser, role: &str) {
+        let response = self
+            .post(
+                &format!("/v1/projects/{project}/members"),
+                Some(&by.token),
+                &json!({"email": user.email, "role": role}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "add member");
+    }
+
+    /// Inserts a task straight into the database (for cascade and unassignment checks).
+    pub async fn insert_task(&self, project: Uuid, assignee: Option<Uuid>) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "insert into tasks (id, project_id, title, assignee_id, created_at, updated_at)
+             values ($1, $2, 'a task', $3, now(), now())",
+        )
+        .bind(id)
+        .bind(project)
+        .bind(assignee)
+        .execute(&self.db)
+        .await
+        .expect("insert a task");
+        id
+    }
+}
+
+/// Asserts a problem+json response with `status`, and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem json");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    for member in ["type", "title", "detail"] {
+        assert!(body[member].is_string(), "problem lacks {member}: {body}");
+    }
+    body
+}
+
+/// Retries `check` until it returns true, for at most `within`.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy that a test owns, to break the connection to a dependency without
+/// touching the shared server: `cut()` drops every open connection and refuses new ones
+/// until `restore()`.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    connections: Arc<Mutex<CancellationToken>>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let down = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(CancellationToken::new()));
+        let (down_flag, tokens) = (down.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if down_flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close at once
+                }
+                let cancelled = tokens.lock().expect("proxy lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cancelled.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            down,
+            connections,
+        }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        let mut current = self.connections.lock().expect("proxy lock");
+        current.cancel();
+        *current = CancellationToken::new();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The local Postgres's address, for a proxy in front of it.
+pub fn postgres_addr() -> SocketAddr {
+    let options = maintenance_options();
+    format!("{}:{}", options.get_host(), options.get_port())
+        .parse()
+        .expect("KEEL_TEST_DATABASE_URL names an IP host")
+}
+
+/// A pool to the test database through `proxy`, failing fast when it is cut.
+pub fn pool_through(proxy: &TcpProxy, test_db: &TestDb) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(
+            test_db
+                .options
+                .clone()
+                .host("127.0.0.1")
+                .port(proxy.addr.port()),
+        )
+}

@@ -1,0 +1,18 @@
+//! The integration suite: one binary (one link step), a module per area.
+//!
+//! Every test gets its own Postgres database (created, migrated, dropped — see
+//! `helpers::TestDb`) and its own instance of the service on ephemeral ports, so tests run
+//! in parallel against the shared local servers without seeing each other.
+
+#![allow(clippy::unwrap_used, reason = "a test that cannot unwrap has failed")]
+
+mod admin;
+mod authorization;
+mod config;
+mod hardening;
+mod helpers;
+mod members;
+mod projects;
+mod shutdown;
+mod tokens;
+mod users;
