@@ -13,11 +13,14 @@
 use std::error::Error as _;
 use std::marker::PhantomData;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams};
-use axum::http::header::AUTHORIZATION;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -25,10 +28,56 @@ use crate::app::AppState;
 use crate::db;
 use crate::domain::{FieldError, Role, ValidationErrors};
 
-/// `axum::Json`, with rejections rendered as problem+json.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body, with every rejection rendered as problem+json.
+///
+/// Written by hand rather than derived `via(axum::Json)` for one reason: serde's derived
+/// `Deserialize` for a struct also accepts a JSON *array* (fields by position), so `[]`
+/// would be a valid `PATCH` body meaning "change nothing". Every request body of this
+/// API is an object, and this extractor says so. The rest — content type, body limit,
+/// syntax versus data errors — is axum's own `Json` logic.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("The body could not be read.".into())
+            }
+        })?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        }
+        Ok(AppJson(value))
+    }
+}
+
+/// `application/json`, or any `application/*+json`, parameters aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T: serde::Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {

@@ -94,7 +94,8 @@ pub struct PageParams {
     /// Page size: 1-100, default 20.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
-    /// The `next_cursor` of the previous page; omit for the first page.
+    /// The `next_cursor` of the previous page, as received; omit (or leave empty) for
+    /// the first page. Opaque: only cursors this server issued for this list verify.
     #[param(value_type = Option<String>)]
     pub cursor: Option<String>,
 }
@@ -128,7 +129,9 @@ impl PageParams {
                 }
             },
         };
-        let after = match self.cursor.as_deref() {
+        // An empty cursor is no cursor: templates that render a null `next_cursor` as ""
+        // should get the first page, not an error.
+        let after = match self.cursor.as_deref().filter(|c| !c.is_empty()) {
             None => start,
             Some(cursor) => key.decode(cursor, &scope).ok_or_else(|| {
                 ApiError::invalid(

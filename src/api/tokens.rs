@@ -23,9 +23,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "demo@keel.dev")]
     email: String,
-    #[schema(value_type = String, format = Password)]
+    /// The example is the demo login that `keel all` creates in dev.
+    #[schema(value_type = String, format = Password, example = "keel-demo-password")]
     password: SecretString,
 }
 

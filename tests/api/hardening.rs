@@ -53,6 +53,22 @@ async fn malformed_json_is_400() {
 }
 
 #[tokio::test]
+async fn a_body_must_be_a_json_object_even_when_every_field_is_optional() {
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    let project = app.create_project(&user, "p").await;
+
+    // serde would read `[]` as a struct with every field absent: "change nothing".
+    for body in [json!([]), json!(["renamed"]), json!(null), json!(1)] {
+        let response = app
+            .patch(&format!("/v1/projects/{project}"), &user.token, &body)
+            .await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem["errors"][0]["field"], "body", "{body}");
+    }
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_json_is_415() {
     let app = spawn_app().await;
     let response = app

@@ -178,6 +178,9 @@ async fn bad_limits_and_cursors_are_422() {
         .await;
     let problem = assert_problem(foreign, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(problem["errors"][0]["field"], "cursor");
+    // An empty cursor is no cursor: the first page.
+    let (first, _) = project_ids(&app, &alice, "?limit=1").await;
+    assert_eq!(project_ids(&app, &alice, "?limit=1&cursor=").await.0, first);
     // The limits themselves are fine.
     assert_eq!(
         app.get("/v1/projects?limit=100", &alice.token)
