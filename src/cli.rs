@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::app::Application;
-use crate::config::{Config, DatabaseConfig, Environment, LogConfig};
+use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
 use crate::{db, demo, flags, shutdown, telemetry};
 
 #[derive(Parser)]
@@ -93,7 +93,8 @@ async fn migrate() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a newcomer needs to try the API, printed once at start-up in dev.
+/// What a newcomer needs to try the API, printed once at start-up in dev: on stdout,
+/// or on stderr when stdout carries JSON log lines that a parser expects unmixed.
 fn print_banner(app: &Application) {
     let host = |addr: std::net::SocketAddr| {
         if addr.ip().is_unspecified() {
@@ -110,7 +111,7 @@ fn print_banner(app: &Application) {
     } else {
         "<KEEL_ADMIN_TOKEN>"
     };
-    println!(
+    let banner = format!(
         r#"
 Keel is up (KEEL_ENV=dev)
   API      {api}/v1
@@ -125,4 +126,9 @@ Keel is up (KEEL_ENV=dev)
         email = demo::DEMO_EMAIL,
         password = demo::DEMO_PASSWORD,
     );
+    if config.log.format == LogFormat::Json {
+        eprintln!("{banner}");
+    } else {
+        println!("{banner}");
+    }
 }
