@@ -115,6 +115,14 @@ pub struct DatabaseConfig {
     /// failing. A short wait turns pool exhaustion into fast errors instead of a queue that
     /// grows without bound.
     pub acquire_timeout: Duration,
+    /// `KEEL_DB_TEST_BEFORE_ACQUIRE`: ping each connection as it leaves the pool. sqlx's
+    /// default is on, which costs a round trip per checkout — for a handler that checks
+    /// membership and then reads a row, two extra round trips per request. Off, a
+    /// connection that died while idle (a Postgres restart) fails the one query that
+    /// uses it: that request gets 503 with `Retry-After`, and the pool replaces the
+    /// connection. Keel takes that trade by default; turn it on where idle connections
+    /// die often (an aggressive proxy in between).
+    pub test_before_acquire: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +322,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("max_connections", &self.max_connections)
             .field("min_connections", &self.min_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("test_before_acquire", &self.test_before_acquire)
             .finish_non_exhaustive()
     }
 }
@@ -358,6 +367,7 @@ impl DatabaseConfig {
                 Duration::from_millis(10),
                 Duration::from_secs(60),
             )?,
+            test_before_acquire: vars.parse("KEEL_DB_TEST_BEFORE_ACQUIRE", false)?,
         })
     }
 

@@ -63,6 +63,7 @@ pub fn pool(config: &DatabaseConfig) -> PgPool {
         .max_connections(config.max_connections)
         .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(config.test_before_acquire)
         .connect_lazy_with(config.connect.clone())
 }
 
