@@ -9,10 +9,13 @@
 //! * a request body → 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
 //! * query parameters → 422;
 //! * every operation → 503 (shed, or a dependency down);
-//! * every error response → an `application/problem+json` body (`Problem`).
+//! * every error response → an `application/problem+json` body (`Problem`);
+//! * every paginated list → a `next_page` link on its 200 response, saying that
+//!   `next_cursor` is the next request's `cursor` (clients and fuzzers can follow it).
 
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -71,6 +74,7 @@ pub fn add_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
         for operation in operations(item) {
             add_shape_errors(operation);
             attach_problem_bodies(operation);
+            link_next_page(operation);
         }
     }
 }
@@ -111,12 +115,45 @@ fn add_shape_errors(operation: &mut Operation) {
         add("422", "The body's fields are not acceptable (see `errors`)");
     }
     let has_query = operation.parameters.iter().flatten().any(|p| match p {
-        RefOr::T(p) => matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query),
+        RefOr::T(p) => matches!(p.parameter_in, ParameterIn::Query),
         RefOr::Ref(_) => false,
     });
     if has_query {
         add("422", "A query parameter is not acceptable (see `errors`)");
     }
+}
+
+fn link_next_page(operation: &mut Operation) {
+    let parameters: Vec<(String, bool)> = operation
+        .parameters
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            RefOr::T(p) => Some((p.name.clone(), matches!(p.parameter_in, ParameterIn::Path))),
+            RefOr::Ref(_) => None,
+        })
+        .collect();
+    let Some(operation_id) = operation.operation_id.clone() else {
+        return;
+    };
+    if !parameters
+        .iter()
+        .any(|(name, in_path)| name == "cursor" && !in_path)
+    {
+        return;
+    }
+    let Some(RefOr::T(ok)) = operation.responses.responses.get_mut("200") else {
+        return;
+    };
+    let mut link = LinkBuilder::new()
+        .operation_id(operation_id)
+        .description("The next page: pass `next_cursor` as `cursor` (absent on the last page).")
+        .parameter("cursor", "$response.body#/next_cursor");
+    // The same list: the same path parameters.
+    for (name, _) in parameters.iter().filter(|(_, in_path)| *in_path) {
+        link = link.parameter(name.clone(), format!("$request.path.{name}"));
+    }
+    ok.links.insert("next_page".to_owned(), link.build().into());
 }
 
 fn attach_problem_bodies(operation: &mut Operation) {

@@ -284,6 +284,11 @@ async fn the_openapi_document_and_the_docs_page_are_served() {
     );
     let me_401 = &spec["paths"]["/v1/me"]["get"]["responses"]["401"];
     assert!(me_401["content"]["application/problem+json"].is_object());
+    let next_page = &spec["paths"]["/v1/projects"]["get"]["responses"]["200"]["links"]["next_page"];
+    assert_eq!(
+        next_page["parameters"]["cursor"],
+        "$response.body#/next_cursor"
+    );
 
     let docs = app
         .request(Method::GET, "/docs/", None)
