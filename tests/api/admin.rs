@@ -11,7 +11,8 @@ use crate::helpers::{
     spawn_app, spawn_app_with_pool,
 };
 
-async fn flag(app: &TestApp, name: &str) -> bool {
+/// Every flag as the admin API lists it.
+async fn flag_list(app: &TestApp) -> Vec<Value> {
     let flags: Value = app
         .admin_request(Method::GET, "/admin/flags")
         .bearer_auth(ADMIN_TOKEN)
@@ -21,22 +22,29 @@ async fn flag(app: &TestApp, name: &str) -> bool {
         .json()
         .await
         .unwrap();
-    flags["items"]
-        .as_array()
-        .unwrap()
+    flags["items"].as_array().unwrap().clone()
+}
+
+async fn flag(app: &TestApp, name: &str) -> bool {
+    flag_list(app)
+        .await
         .iter()
         .find(|f| f["name"] == name)
         .map(|f| f["enabled"].as_bool().unwrap())
         .expect("the flag is listed")
 }
 
-async fn set_flag(app: &TestApp, name: &str, enabled: bool) -> reqwest::Response {
+async fn put_flag(app: &TestApp, name: &str, body: &Value) -> reqwest::Response {
     app.admin_request(Method::PUT, &format!("/admin/flags/{name}"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"enabled": enabled}))
+        .json(body)
         .send()
         .await
         .unwrap()
+}
+
+async fn set_flag(app: &TestApp, name: &str, enabled: bool) -> reqwest::Response {
+    put_flag(app, name, &json!({"enabled": enabled})).await
 }
 
 #[tokio::test]
@@ -146,22 +154,9 @@ async fn the_flag_api_needs_the_admin_token() {
 async fn every_design_flag_is_registered_and_on_by_default() {
     let app = spawn_app().await;
 
-    let flags: Value = app
-        .admin_request(Method::GET, "/admin/flags")
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flags = flag_list(&app).await;
 
-    let names: Vec<&str> = flags["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = flags.iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
         [
@@ -174,13 +169,7 @@ async fn every_design_flag_is_registered_and_on_by_default() {
             "circuit_breaker"
         ]
     );
-    assert!(
-        flags["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["enabled"] == true)
-    );
+    assert!(flags.iter().all(|f| f["enabled"] == true));
     let stored: i64 = sqlx::query_scalar("select count(*) from fix_flags")
         .fetch_one(&app.db)
         .await
@@ -222,13 +211,7 @@ async fn unknown_flags_are_404_and_bad_bodies_422() {
         json!({}),
         json!({"enabled": true, "extra": 1}),
     ] {
-        let response = app
-            .admin_request(Method::PUT, "/admin/flags/cache")
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = put_flag(&app, "cache", &body).await;
         assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
 }
