@@ -1,12 +1,16 @@
 //! The process roles (design.md): one binary, chosen by subcommand.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::app::Application;
+use crate::app::{AppState, Application};
 use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
-use crate::{db, demo, flags, shutdown, telemetry};
+use crate::seed::{SeedOptions, generate::Sizes};
+use crate::{db, demo, flags, seed, shutdown, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -19,7 +23,7 @@ pub struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Every role in one process (the default): creates and migrates the database, adds
     /// demo data to an empty one in dev, then serves. KEEL_ENV defaults to dev.
@@ -28,6 +32,59 @@ enum Command {
     Serve,
     /// Applies the database migrations and exits.
     Migrate,
+    /// Generates a realistic data set of a chosen size (for load tests). KEEL_ENV
+    /// defaults to prod: set KEEL_ENV=dev (or real secrets) to run it locally.
+    Seed(SeedArgs),
+    /// The workshop's exercises.
+    #[command(subcommand)]
+    Workshop(Workshop),
+}
+
+#[derive(Args, Clone)]
+struct SeedArgs {
+    /// Tasks to generate; users, projects, members and comments follow in proportion.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    tasks: u64,
+    /// Users (default: tasks / 50, at least 10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    users: Option<u64>,
+    /// Projects (default: tasks / 200, at least 3).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    projects: Option<u64>,
+    /// The share of tasks that have comments, 0 to 1 (default 0.3).
+    #[arg(long, value_parser = parse_share)]
+    comment_share: Option<f64>,
+    /// The random seed: the same seed and anchor give the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// "Today" for the data set, YYYY-MM-DD (default: today, UTC).
+    #[arg(long)]
+    anchor: Option<NaiveDate>,
+    /// The password of every seeded user.
+    #[arg(long, default_value = "keel-seed-password")]
+    password: String,
+    /// Empty the data tables first (a database with data is refused otherwise).
+    #[arg(long)]
+    reset: bool,
+    /// Write the JSON report (ids, tokens) here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err("expected a number from 0 to 1".into()),
+    }
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Workshop {
+    /// Drops the secondary (non-key) indexes, for the "missing index" exercise. Idempotent.
+    DropIndexes,
+    /// Restores what drop-indexes (or an interrupted seed) dropped, concurrently with
+    /// traffic. Idempotent.
+    RestoreIndexes,
 }
 
 /// Parses the command line and runs the chosen role to completion.
@@ -42,6 +99,8 @@ pub fn run() -> anyhow::Result<()> {
             Command::All => all().await,
             Command::Serve => serve().await,
             Command::Migrate => migrate().await,
+            Command::Seed(args) => seed_data(args).await,
+            Command::Workshop(exercise) => workshop(exercise).await,
         }
     })
 }
@@ -90,6 +149,57 @@ async fn migrate() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     pool.close().await;
     tracing::info!(database = database.database_name(), "migrations applied");
+    Ok(())
+}
+
+async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
+    let config = Config::from_env(Environment::Prod)?;
+    telemetry::init(&config.log)?;
+    if config.env == Environment::Dev && db::create_database_if_missing(&config.database).await? {
+        tracing::info!(
+            database = config.database.database_name(),
+            "created the database"
+        );
+    }
+    let pool = db::pool(&config.database);
+    db::migrate(&pool).await?;
+    let options = SeedOptions {
+        sizes: Sizes::for_tasks(args.tasks, args.users, args.projects, args.comment_share),
+        seed: args.seed,
+        anchor: args
+            .anchor
+            .unwrap_or_else(|| chrono::Utc::now().date_naive()),
+        password: args.password,
+        reset: args.reset,
+    };
+    let state = AppState::new(config, pool.clone(), Default::default());
+    let report = seed::run(&pool, &options, &state.passwords, &state.tokens).await?;
+    seed::write_report(&report, args.out.as_ref())?;
+    pool.close().await;
+    Ok(())
+}
+
+async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
+    let log = LogConfig::from_env()?;
+    let database = DatabaseConfig::from_env()?;
+    telemetry::init(&log)?;
+    let pool = db::pool(&database);
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("Failed to connect to Postgres")?;
+    match exercise {
+        Workshop::DropIndexes => {
+            let dropped = db::schema::drop_secondary_indexes(&mut conn).await?;
+            println!("dropped {} indexes: {}", dropped.len(), dropped.join(", "));
+        }
+        Workshop::RestoreIndexes => {
+            let restored = db::schema::restore(&mut conn, db::schema::Build::Concurrently).await?;
+            println!("restored {}: {}", restored.len(), restored.join(", "));
+        }
+    }
+    drop(conn);
+    pool.close().await;
     Ok(())
 }
 

@@ -41,5 +41,6 @@ pub mod demo;
 pub mod domain;
 pub mod flags;
 pub mod middleware;
+pub mod seed;
 pub mod shutdown;
 pub mod telemetry;

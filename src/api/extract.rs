@@ -6,9 +6,10 @@
 //! * [`AuthUser`] authenticates: a valid bearer token, or 401.
 //! * [`ProjectAccess`] authorizes: the caller's role in the project named by the path, or
 //!   404 when they are not a member (indistinguishable from a missing project), or 403
-//!   when their role is below what the handler's signature asks for. Object-level
-//!   authorization lives here and nowhere else: a handler that takes
-//!   `ProjectAccess<OwnerOrAdmin>` cannot run for a plain member.
+//!   when their role is below what the handler's signature asks for. [`TaskAccess`] does
+//!   the same for a task, through its project. Object-level authorization lives here and
+//!   nowhere else: a handler that takes `ProjectAccess<OwnerOrAdmin>` cannot run for a
+//!   plain member, and one that takes `TaskAccess` cannot run for a non-member.
 
 use std::error::Error as _;
 use std::marker::PhantomData;
@@ -257,8 +258,9 @@ impl RoleRequirement for OwnerOnly {
     const REFUSAL: &'static str = "Only the project's owner may do this.";
 }
 
-/// The path parameter that names the project in every `/v1/projects/{id}…` route.
-pub const PROJECT_ID_PARAM: &str = "id";
+/// The path parameter that names the resource in every `/v1/projects/{id}…` and
+/// `/v1/tasks/{id}…` route.
+pub const ID_PARAM: &str = "id";
 
 /// The caller's membership of the project named by the path, checked against `R`.
 pub struct ProjectAccess<R: RoleRequirement = AnyMember> {
@@ -279,14 +281,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         const NOT_FOUND: ApiError = ApiError::NotFound("project");
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("path parameters: {e}")))?;
-        let project_id = params
-            .iter()
-            .find(|(name, _)| *name == PROJECT_ID_PARAM)
-            .and_then(|(_, value)| value.parse::<Uuid>().ok())
-            .ok_or(NOT_FOUND)?;
+        let project_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
         let state = AppState::from_ref(state);
         let role = db::members::role_of(&state.db, project_id, user.id)
             .await?
@@ -300,6 +295,71 @@ where
             role,
             requirement: PhantomData,
         })
+    }
+}
+
+/// The `{id}` path parameter as a UUID; `None` when it is not one (no resource has it).
+async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Option<Uuid>, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("path parameters: {e}")))?;
+    Ok(params
+        .iter()
+        .find(|(name, _)| *name == ID_PARAM)
+        .and_then(|(_, value)| value.parse::<Uuid>().ok()))
+}
+
+/// The caller's access to the task named by the path (`/v1/tasks/{id}…`): 404 when the
+/// task does not exist or the caller is not a member of its project — one query, and
+/// the same answer in both cases. Any member may read, change and comment on a task.
+pub struct TaskAccess {
+    pub task_id: Uuid,
+    pub project_id: Uuid,
+    pub user_id: Uuid,
+    pub role: Role,
+}
+
+impl<S> FromRequestParts<S> for TaskAccess
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        const NOT_FOUND: ApiError = ApiError::NotFound("task");
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let task_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
+        let state = AppState::from_ref(state);
+        let (project_id, role) = db::tasks::access(&state.db, task_id, user.id)
+            .await?
+            .ok_or(NOT_FOUND)?;
+        Ok(Self {
+            task_id,
+            project_id,
+            user_id: user.id,
+            role,
+        })
+    }
+}
+
+/// For `Option<Option<T>>` fields of a PATCH body: tells "absent" (`None`, through
+/// `#[serde(default)]`) from "null" (`Some(None)`).
+pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// For a PATCH field that may be absent but not null: `Ok(None)` when absent, the value
+/// when given, an error (for the 422) when null.
+pub fn not_null<T>(field: Option<Option<T>>) -> Result<Option<T>, String> {
+    match field {
+        None => Ok(None),
+        Some(None) => Err("must not be null".into()),
+        Some(Some(value)) => Ok(Some(value)),
     }
 }
 

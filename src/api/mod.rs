@@ -5,12 +5,14 @@
 //! them. The admin endpoints are *not* here: they live on their own listener
 //! (`crate::admin`), so the public one answers 404 for them.
 
+pub mod comments;
 pub mod error;
 pub mod extract;
 pub mod members;
 pub mod openapi;
 pub mod pagination;
 pub mod projects;
+pub mod tasks;
 pub mod tokens;
 pub mod users;
 
@@ -29,6 +31,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(tokens::router())
         .merge(projects::router())
         .merge(members::router())
+        .merge(tasks::router())
+        .merge(comments::router())
         .split_for_parts();
     openapi::add_common_responses(&mut document);
     (routes, document)

@@ -44,6 +44,8 @@ pub const BEARER: &str = "bearer";
         (name = "auth", description = "Access tokens"),
         (name = "projects", description = "Projects: visible to their members only"),
         (name = "members", description = "Who belongs to a project, with which role"),
+        (name = "tasks", description = "A project's tasks: visible to its members only"),
+        (name = "comments", description = "Comments on tasks, oldest first"),
     )
 )]
 pub struct ApiDoc;

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{
-    AnyMember, AppJson, AppQuery, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess,
+    AnyMember, AppJson, AppQuery, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null,
 };
 use super::pagination::{Page, PageParams};
 use crate::app::AppState;
@@ -48,21 +48,12 @@ pub struct CreateProject {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*$")]
     name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, max_length = 10000, pattern = r"^[^\u0000]*$")]
     description: Option<Option<String>>,
-}
-
-/// Tells "absent" (`None`, by `#[serde(default)]`) from "null" (`Some(None)`).
-pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A project.
@@ -201,11 +192,7 @@ async fn update_project(
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<AppJson<ProjectBody>, ApiError> {
-    let name = match body.name {
-        None => Ok(None),
-        Some(None) => Err("must not be null".to_owned()),
-        Some(Some(name)) => ProjectName::parse(name).map(Some),
-    };
+    let name = not_null(body.name).and_then(|n| n.map(ProjectName::parse).transpose());
     let description = body
         .description
         .map(|d| d.map(ProjectDescription::parse).transpose())

@@ -6,9 +6,12 @@
 //! offline builds). They return `sqlx::Error`; the HTTP layer decides what a constraint
 //! violation means to a client (`api::error::ResultExt::on_constraint`).
 
+pub mod comments;
 pub mod flags;
 pub mod members;
 pub mod projects;
+pub mod schema;
+pub mod tasks;
 pub mod users;
 
 use anyhow::Context as _;
@@ -41,14 +44,16 @@ pub struct Keyset {
 }
 
 impl Keyset {
-    /// After every real row: the start of a newest-first list.
+    /// After every real row: the start of a newest-first list (year 262 143, within
+    /// PostgreSQL's range, which ends in 294 276).
     pub const NEWEST: Keyset = Keyset {
         created_at: DateTime::<Utc>::MAX_UTC,
         id: Uuid::max(),
     };
-    /// Before every real row: the start of an oldest-first list.
+    /// Before every real row: the start of an oldest-first list. (Not `MIN_UTC`, which
+    /// lies before PostgreSQL's earliest timestamp, 4713 BC; no row is older than 1970.)
     pub const OLDEST: Keyset = Keyset {
-        created_at: DateTime::<Utc>::MIN_UTC,
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
         id: Uuid::nil(),
     };
 }

@@ -2,24 +2,44 @@
 
 use std::any::Any;
 
-use axum::BoxError;
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::request_id::X_REQUEST_ID;
 use crate::api::error::{InternalErrorReport, PROBLEM_JSON, Problem};
 
-/// Logs the cause of a 500 (attached by `ApiError::Internal`), and gives any bare error
-/// response a problem+json body — the router's 405, tower-http's 413, whatever a layer
-/// produces — keeping its headers (`Allow`, `Retry-After`, …).
-pub async fn finish<B>(response: Response<B>) -> Response
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+/// Logs the cause of a 500 (attached by `ApiError::Internal`) with the request id, and
+/// gives any bare error response a problem+json body — the router's 405, tower-http's
+/// 413, whatever a layer produces — keeping its headers (`Allow`, `Retry-After`, …).
+///
+/// The request id is read from the request, not left to the request span: that span is
+/// INFO, so under `RUST_LOG=warn` it is disabled — exactly when an operator most needs the
+/// id on the error line.
+pub async fn finish(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
     if let Some(InternalErrorReport(cause)) = response.extensions().get::<InternalErrorReport>() {
         // `{:#}` prints the whole cause chain on one line: "database error: …: …".
-        tracing::error!(error.cause_chain = %format_args!("{cause:#}"), "request failed");
+        tracing::error!(
+            request_id,
+            http.method = %method,
+            http.route = route,
+            error.cause_chain = %format_args!("{cause:#}"),
+            "request failed"
+        );
     }
     let status = response.status();
     // Bare means no body type, or plain text (what axum's fallbacks and tower-http's
@@ -29,7 +49,7 @@ where
         .get(header::CONTENT_TYPE)
         .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
     if !(status.is_client_error() || status.is_server_error()) || !bare {
-        return response.map(Body::new);
+        return response;
     }
     let (mut parts, _body) = response.into_parts();
     let problem = Problem::for_status(status);

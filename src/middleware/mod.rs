@@ -58,7 +58,7 @@ pub fn basic_stack(router: Router, config: &HttpConfig) -> Router {
             )
             .layer(CompressionLayer::new())
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
-            .layer(axum::middleware::map_response(errors::finish))
+            .layer(axum::middleware::from_fn(errors::finish))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )
 }
