@@ -4,12 +4,14 @@
 //! timestamp is relative to the anchor date (`--anchor`, default today): the same seed and
 //! anchor give the same rows, ids included (ids are UUIDv7 built from each row's own
 //! `created_at` and random bits from the same generator). `StdRng`'s stream is stable for a
-//! given `rand` version, which `Cargo.lock` pins.
+//! given `rand` version, which `Cargo.lock` pins. One column differs between runs on
+//! purpose: `users.password_hash`, hashed once per seed the way sign-up hashes, with a
+//! random salt.
 //!
 //! The shape is the case study's, skewed the way real tenants are:
-//! * project sizes: three giant projects share 36 % of the tasks (14 %, 12 %, 10 %: at a
-//!   million tasks, 140 000, 120 000 and 100 000), the rest follow a Zipf law — a long tail of
-//!   small projects;
+//! * project sizes: from 1 000 projects (200 000 tasks) on, three giant projects share 36 %
+//!   of the tasks (14 %, 12 %, 10 %: at a million tasks, 140 000, 120 000 and 100 000), the
+//!   rest follow a Zipf law — a long tail of small projects; smaller sets are Zipf throughout;
 //! * assignees: 80 % of tasks are assigned, to their project's members with a Zipf skew
 //!   (a few members carry most of the work); statuses 35 % todo, 15 % doing, 50 % done;
 //! * due dates on 60 % of tasks, from 60 days before the anchor to 120 days after it;
@@ -165,7 +167,7 @@ impl Generator {
             .enumerate()
             .map(|(n, tasks)| {
                 let created_at = self.days_before_anchor(30, 400);
-                let member_count = if n < 3 && sizes.projects >= 10 {
+                let member_count = if n < 3 && sizes.projects >= GIANTS_FROM {
                     60
                 } else {
                     (2 + tasks / 50).min(25) as usize
@@ -287,16 +289,21 @@ impl Generator {
     }
 }
 
-/// Each project's number of tasks: three giants (14 %, 12 %, 10 %) when there are enough
-/// projects, a Zipf law over the rest, rounded by largest remainder so that the counts
+/// From how many projects on three of them are giants.
+const GIANTS_FROM: u64 = 1000;
+
+/// Each project's number of tasks: three giants (14 %, 12 %, 10 %) when there are at least
+/// [`GIANTS_FROM`] projects, a Zipf law over the rest, rounded by largest remainder so that the counts
 /// add up to exactly `tasks`.
 pub fn task_counts(projects: u64, tasks: u64) -> Vec<u64> {
-    let projects = projects.max(1) as usize;
-    let giant_shares: &[f64] = if projects >= 10 {
+    // With fewer projects the Zipf head of the tail would outgrow the "giants"; a plain
+    // Zipf law is skewed enough there.
+    let giant_shares: &[f64] = if projects >= GIANTS_FROM {
         &[0.14, 0.12, 0.10]
     } else {
         &[]
     };
+    let projects = projects.max(1) as usize;
     let mut counts: Vec<u64> = giant_shares
         .iter()
         .map(|s| (tasks as f64 * s) as u64)
@@ -475,7 +482,7 @@ mod tests {
             (5000, 1_000_000),
             (3, 10),
             (1, 7),
-            (10, 100_003),
+            (1000, 100_003),
             (250, 12_345),
         ] {
             let counts = task_counts(projects, tasks);
@@ -488,7 +495,13 @@ mod tests {
         }
         let counts = task_counts(5000, 1_000_000);
         assert_eq!(&counts[..3], &[140_000, 120_000, 100_000]);
+        assert!(counts[3] < counts[2], "the giants are the largest");
         assert!(counts[3] > counts[100] && counts[100] >= counts[4999]);
+        let counts = task_counts(1000, 200_000);
+        assert!(
+            counts[3] < counts[2],
+            "the giants are the largest at 1 000 projects too"
+        );
     }
 
     #[test]

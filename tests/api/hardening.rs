@@ -298,3 +298,61 @@ async fn the_openapi_document_and_the_docs_page_are_served() {
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
+
+/// Log output captured from the current thread (the test's single-threaded runtime runs
+/// the server's tasks too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_500_logs_its_cause_with_the_request_id_and_tells_the_client_nothing() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // WARN, as an operator who turned logging down would run it: the INFO request span
+    // is off, and the error line must carry the request id by itself.
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app().await;
+    let user = app.signup().await;
+    sqlx::query("alter table users rename column name to full_name")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let response = app
+        .request(Method::GET, "/v1/me", Some(&user.token))
+        .header("x-request-id", "trace-me-500")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.headers()["x-request-id"], "trace-me-500");
+    let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_nothing_internal(&problem);
+    assert!(!problem.to_string().contains("name"), "{problem}");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request failed"))
+        .expect("an error line");
+    assert!(line.contains("trace-me-500"), "{line}");
+    assert!(line.contains("/v1/me"), "{line}");
+    assert!(
+        line.contains("column") && line.contains("does not exist"),
+        "the cause is logged: {line}"
+    );
+}

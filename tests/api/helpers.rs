@@ -308,6 +308,26 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::CREATED, "add member");
     }
 
+    /// Creates a task through the API; returns its body.
+    pub async fn create_task(&self, by: &TestUser, project: Uuid, body: Value) -> Value {
+        let response = self
+            .post(
+                &format!("/v1/projects/{project}/tasks"),
+                Some(&by.token),
+                &body,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create task");
+        response.json().await.expect("task json")
+    }
+
+    /// A GET that must succeed; returns the JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let response = self.get(path, token).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.expect("json body")
+    }
+
     /// Inserts a task straight into the database (for cascade and unassignment checks).
     pub async fn insert_task(&self, project: Uuid, assignee: Option<Uuid>) -> Uuid {
         let id = Uuid::now_v7();
@@ -421,11 +441,13 @@ pub fn postgres_addr() -> SocketAddr {
         .expect("KEEL_TEST_DATABASE_URL names an IP host")
 }
 
-/// A pool to the test database through `proxy`, failing fast when it is cut.
+/// A pool to the test database through `proxy`. A cut proxy refuses connections at
+/// once, so requests fail fast; the acquire timeout only has to cover connecting while
+/// other tests load the machine (the 200 000-task seed does).
 pub fn pool_through(proxy: &TcpProxy, test_db: &TestDb) -> PgPool {
     PgPoolOptions::new()
         .max_connections(5)
-        .acquire_timeout(Duration::from_millis(500))
+        .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with(
             test_db
                 .options

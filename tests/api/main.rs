@@ -8,11 +8,19 @@
 
 mod admin;
 mod authorization;
+mod comments;
 mod config;
+mod explain;
 mod hardening;
 mod helpers;
 mod members;
+mod n_plus_one;
+mod pgwire;
 mod projects;
+mod seed;
 mod shutdown;
+mod task_pages;
+mod tasks;
 mod tokens;
 mod users;
+mod workshop;
