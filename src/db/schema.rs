@@ -107,25 +107,27 @@ pub async fn restore(conn: &mut PgConnection, build: Build) -> Result<Vec<String
     .await?;
     let mut restored = Vec::with_capacity(recorded.len());
     for object in recorded {
-        // Present means usable: a failed `CREATE INDEX CONCURRENTLY` leaves an invalid
-        // index behind, which is dropped and built again.
-        let present = sqlx::query_scalar!(
-            r#"select exists (
-                   select 1 from pg_class c join pg_index x on x.indexrelid = c.oid
-                   where c.relname = $1 and x.indisvalid
-                   union all
-                   select 1 from pg_constraint where conname = $1
-               ) as "present!""#,
+        // A failed `CREATE INDEX CONCURRENTLY` leaves an invalid index behind: it does not
+        // count as restored, and is dropped before the index is built again.
+        let state = sqlx::query!(
+            r#"select x.indisvalid as "valid!"
+               from pg_class c join pg_index x on x.indexrelid = c.oid
+               where c.relname = $1
+               union all
+               select true from pg_constraint where conname = $1"#,
             object.name
         )
-        .fetch_one(&mut *conn)
-        .await?;
-        if !present {
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.valid);
+        if state != Some(true) {
             let statement = if object.kind == "index" {
-                let leftover = format!("drop index if exists {}", quote(&object.name));
-                sqlx::query(sqlx::AssertSqlSafe(leftover))
-                    .execute(&mut *conn)
-                    .await?;
+                if state == Some(false) {
+                    let leftover = format!("drop index {}", quote(&object.name));
+                    sqlx::query(sqlx::AssertSqlSafe(leftover))
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 match build {
                     Build::Concurrently => {
                         object

@@ -1,0 +1,160 @@
+# shellcheck shell=bash
+# Shared by the load-test scripts (core.sh, tasks-bench.sh); source it, do not run it.
+#
+#   PROG=core.sh                 # the prefix of every message (default: the script's name)
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# What it gives:
+#   die MESSAGE                        print "PROG: MESSAGE" on stderr and exit 1
+#   duration_secs NAME VALUE           check an oha duration (500ms, 15s, 2m; at most 10m),
+#                                      print it in seconds; exits on a bad one
+#   check_duration NAME VALUE          a positive duration (DURATION)
+#   check_warmup NAME VALUE            a duration, or 0 for none (WARMUP)
+#   check_connections NAME VALUE       1..9999 (CONNECTIONS)
+#   check_loopback_url NAME URL        http(s)://loopback[:port], nothing else
+#   ensure_oha                         install oha if missing; sets OHA_JSON (its JSON flag)
+#   run_oha DURATION OUT ARGS...       oha for DURATION at $CONNECTIONS, JSON into OUT;
+#                                      ARGS are oha's (headers, then the URL)
+#   oha_summary FILE LABEL             one JSON line: requests/s, p50/p99 ms, non-2xx, errors
+#   print_table FIRST_HEADER LINE...   oha_summary lines as an aligned table
+#
+# Needs python3 (it parses the JSON). Leaves `set -euo pipefail` to the caller.
+
+PROG="${PROG:-$(basename "$0")}"
+
+die() {
+    echo "$PROG: $*" >&2
+    exit 1
+}
+
+# --- Knobs -------------------------------------------------------------------------------
+# oha takes durations such as 500ms, 15s, 2m; bound them so that a typo cannot run for hours.
+duration_secs() {
+    python3 - "$PROG" "$1" "$2" <<'PY'
+import re, sys
+prog, name, value = sys.argv[1], sys.argv[2], sys.argv[3]
+m = re.fullmatch(r"(\d+)(ms|s|m)", value)
+if not m:
+    sys.exit(f"{prog}: {name}={value!r}: expected a duration such as 15s, 500ms or 2m")
+secs = int(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]]
+if secs > 600:
+    sys.exit(f"{prog}: {name}={value!r}: at most 10m")
+print(secs)
+PY
+}
+
+check_duration() {
+    duration_secs "$1" "$2" >/dev/null || exit 1
+    [[ "$2" != 0* ]] || die "$1 must be positive"
+}
+
+check_warmup() {
+    if [[ "$2" != "0" ]]; then
+        duration_secs "$1" "$2" >/dev/null || exit 1
+    fi
+}
+
+check_connections() {
+    [[ "$2" =~ ^[1-9][0-9]{0,3}$ ]] || die "$1=$2: expected 1..9999"
+}
+
+# --- Target: loopback only ---------------------------------------------------------------
+# Accept http(s)://HOST[:PORT][/] where HOST is localhost, 127.x.y.z or [::1]; nothing else
+# (no user-info, no path), so that the load can never leave this machine.
+check_loopback_url() {
+    local name="$1" url="${2%/}"
+    local loopback_re='^https?://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?$'
+    if [[ ! "$url" =~ $loopback_re ]]; then
+        die "refusing $name=$url: this harness sends load only to this machine.
+Give a loopback base URL with no path: http://127.0.0.1:PORT, http://localhost:PORT or http://[::1]:PORT."
+    fi
+}
+
+# --- Load generator ----------------------------------------------------------------------
+ensure_oha() {
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    if ! command -v oha >/dev/null; then
+        command -v cargo >/dev/null || die "oha is not installed and cargo is not available to install it"
+        echo "$PROG: oha not found; installing it with 'cargo install oha --locked' (a few minutes)" >&2
+        cargo install oha --locked >&2
+        command -v oha >/dev/null || die "oha still not on PATH after cargo install"
+    fi
+    # oha >= 1.5 writes JSON with --output-format json; older releases had --json.
+    if oha --help 2>/dev/null | grep -q -- '--output-format'; then
+        OHA_JSON=(--output-format json)
+    else
+        OHA_JSON=(--json)
+    fi
+}
+
+# run_oha DURATION OUT ARGS...: a closed loop of $CONNECTIONS keep-alive connections for
+# DURATION. oha stops at its deadline on its own; the outer timeout (a minute more) only
+# guards against a hung load generator.
+run_oha() {
+    local duration="$1" out="$2" secs
+    shift 2
+    secs="$(duration_secs DURATION "$duration")" || exit 1
+    timeout --foreground --kill-after=10 "$(python3 -c 'import math, sys; print(math.ceil(float(sys.argv[1])) + 60)' "$secs")" \
+        oha -z "$duration" -c "$CONNECTIONS" --no-tui "${OHA_JSON[@]}" "$@" >"$out"
+}
+
+# --- Results -----------------------------------------------------------------------------
+# requests/s counts responses received (any status) over the run; oha's own requestsPerSec
+# also counts the requests it aborts at the deadline. Latencies are over all responses.
+# "errors" are transport errors (refused, reset, timed out), not counting those aborts; each
+# kind is also printed on stderr.
+oha_summary() {
+    python3 - "$PROG" "$1" "$2" <<'PY'
+import json, sys
+
+prog, path, label = sys.argv[1:4]
+try:
+    with open(path) as f:
+        r = json.load(f)
+except (OSError, ValueError) as e:
+    sys.exit(f"{prog}: {label}: no oha JSON in {path} (interrupted?): {e}")
+codes = {int(k): v for k, v in r.get("statusCodeDistribution", {}).items()}
+responses = sum(codes.values())
+non_2xx = sum(v for k, v in codes.items() if not 200 <= k < 300)
+errors = sum(v for k, v in r.get("errorDistribution", {}).items()
+             if k != "aborted due to deadline")
+secs = r["summary"]["total"]
+pct = r.get("latencyPercentiles", {})
+ms = lambda p: pct[p] * 1000 if pct.get(p) is not None else None
+for k, v in sorted(r.get("errorDistribution", {}).items()):
+    if k != "aborted due to deadline":
+        print(f"{prog}: {label}: {v} x {k}", file=sys.stderr)
+print(json.dumps({
+    "label": label,
+    "requests_per_second": responses / secs if secs else 0.0,
+    "p50_ms": ms("p50"),
+    "p99_ms": ms("p99"),
+    "non_2xx": non_2xx,
+    "errors": errors,
+    "responses": responses,
+    "seconds": secs,
+    "status_codes": {str(k): v for k, v in sorted(codes.items())},
+}))
+PY
+}
+
+print_table() {
+    python3 - "$@" <<'PY'
+import json, sys
+
+first, lines = sys.argv[1], sys.argv[2:]
+ms = lambda v: "-" if v is None else f"{v:.2f}"
+rows = []
+for line in lines:
+    s = json.loads(line)
+    rows.append((s["label"], f"{s['requests_per_second']:.0f}", ms(s["p50_ms"]),
+                 ms(s["p99_ms"]), str(s["non_2xx"]), str(s["errors"])))
+head = (first, "requests/s", "p50 ms", "p99 ms", "non-2xx", "errors")
+widths = [max(len(row[c]) for row in rows + [head]) for c in range(len(head))]
+fmt = lambda row: "  ".join(
+    cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+print(fmt(head))
+for row in rows:
+    print(fmt(row))
+PY
+}
