@@ -127,7 +127,10 @@ async fn all() -> anyhow::Result<()> {
         if demo::add_if_empty(&state.db, &state.passwords).await? {
             tracing::info!(email = demo::DEMO_EMAIL, "added the demo data set");
         }
-        print_banner(&app);
+        let demo_present = db::users::find_by_email(&state.db, demo::DEMO_EMAIL)
+            .await?
+            .is_some();
+        print_banner(&app, demo_present);
     }
     app.run_until_stopped().await
 }
@@ -205,7 +208,7 @@ async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
 
 /// What a newcomer needs to try the API, printed once at start-up in dev: on stdout,
 /// or on stderr when stdout carries JSON log lines that a parser expects unmixed.
-fn print_banner(app: &Application) {
+fn print_banner(app: &Application, demo_present: bool) {
     let host = |addr: std::net::SocketAddr| {
         if addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", addr.port())
@@ -221,20 +224,27 @@ fn print_banner(app: &Application) {
     } else {
         "<KEEL_ADMIN_TOKEN>"
     };
+    let (email, password) = (demo::DEMO_EMAIL, demo::DEMO_PASSWORD);
+    let demo = if demo_present {
+        format!(
+            r#"  Demo     {email} / {password}
+
+  TOKEN=$(curl -s {api}/v1/auth/token -H 'content-type: application/json' \
+    -d '{{"email":"{email}","password":"{password}"}}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+  curl -s {api}/v1/projects -H "authorization: Bearer $TOKEN"
+"#
+        )
+    } else {
+        "  Demo     none: the database held data at first start (keel seed's report has logins)\n"
+            .to_owned()
+    };
     let banner = format!(
         r#"
 Keel is up (KEEL_ENV=dev)
   API      {api}/v1
   Docs     {api}/docs   (OpenAPI: {api}/openapi.json)
   Admin    {admin}/readyz, {admin}/admin/flags  (Authorization: Bearer {admin_token})
-  Demo     {email} / {password}
-
-  TOKEN=$(curl -s {api}/v1/auth/token -H 'content-type: application/json' \
-    -d '{{"email":"{email}","password":"{password}"}}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
-  curl -s {api}/v1/projects -H "authorization: Bearer $TOKEN"
-"#,
-        email = demo::DEMO_EMAIL,
-        password = demo::DEMO_PASSWORD,
+{demo}"#,
     );
     if config.log.format == LogFormat::Json {
         eprintln!("{banner}");

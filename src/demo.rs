@@ -2,12 +2,14 @@
 //! a newcomer can sign in and `curl` real data in their first minute. (Load tests use
 //! `keel seed`, which generates data sets of any size.)
 
+use chrono::NaiveDate;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::PasswordHasher;
 use crate::db;
-use crate::domain::Role;
+use crate::db::tasks::NewTask;
+use crate::domain::{Role, TaskStatus};
 
 pub const DEMO_EMAIL: &str = "demo@keel.dev";
 pub const DEMO_PASSWORD: &str = "keel-demo-password";
@@ -51,6 +53,53 @@ pub async fn add_if_empty(pool: &PgPool, passwords: &PasswordHasher) -> anyhow::
 
     let mobile = db::projects::create(&mut *tx, Uuid::now_v7(), "Mobile app", None, ada.id).await?;
     db::members::add(&mut *tx, mobile.id, demo.id, Role::Member).await?;
+
+    let tasks = [
+        (
+            website.id,
+            "Draft the new landing page",
+            TaskStatus::Doing,
+            Some(demo.id),
+            Some((2026, 12, 18)),
+            ada.id,
+        ),
+        (
+            website.id,
+            "Fix the login timeout",
+            TaskStatus::Todo,
+            Some(ada.id),
+            None,
+            demo.id,
+        ),
+        (
+            website.id,
+            "Move images to the CDN",
+            TaskStatus::Done,
+            Some(grace.id),
+            Some((2026, 11, 1)),
+            grace.id,
+        ),
+        (
+            mobile.id,
+            "Offline mode for the task list",
+            TaskStatus::Todo,
+            Some(demo.id),
+            Some((2027, 1, 15)),
+            ada.id,
+        ),
+    ];
+    for (project_id, title, status, assignee_id, due, commenter) in tasks {
+        let new = NewTask {
+            title,
+            description: None,
+            status,
+            assignee_id,
+            due_date: due.and_then(|(y, m, d)| NaiveDate::from_ymd_opt(y, m, d)),
+        };
+        let task = db::tasks::create(&mut *tx, Uuid::now_v7(), project_id, new).await?;
+        let comment = format!("Picked this up: {}.", title.to_lowercase());
+        db::comments::create(&mut *tx, Uuid::now_v7(), task.id, commenter, &comment).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
