@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{self, AUTHORIZATION};
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -23,17 +24,18 @@ use crate::api::error::ApiError;
 use crate::api::extract::{AppJson, AppPath};
 use crate::app::AppState;
 use crate::flags::{Flag, FlagState};
-use crate::{db, middleware};
+use crate::{db, middleware, telemetry};
 
 pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/admin/flags", get(list_flags))
         .route("/admin/flags/{name}", put(set_flag))
         .fallback(middleware::errors::not_found)
         .with_state(state.clone());
-    middleware::basic_stack(app, &state.config.http)
+    middleware::basic_stack(app, &state.config.http, middleware::Listener::Admin, false)
 }
 
 /// Liveness: the process is running and serving.
@@ -61,7 +63,7 @@ struct Readiness {
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let postgres = match tokio::time::timeout(
         state.config.http.readiness_timeout,
-        db::ping(&state.db),
+        db::ping(state.db.pool()),
     )
     .await
     {
@@ -83,6 +85,20 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             dependencies,
         }),
     )
+}
+
+/// Prometheus text exposition (open, like the probes: the admin listener is internal).
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let handle = state.metrics.as_ref().ok_or(ApiError::NotFound(
+        "metrics endpoint (KEEL_METRICS_ENABLED=false)",
+    ))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::metrics::render(&state, handle),
+    ))
 }
 
 /// The admin bearer token, checked in constant time.
@@ -173,7 +189,7 @@ async fn set_flag(
     AppJson(body): AppJson<SetFlag>,
 ) -> Result<Json<FlagBody>, ApiError> {
     let flag = Flag::from_name(&name).ok_or(ApiError::NotFound("flag"))?;
-    crate::flags::register(&state.db).await?;
+    crate::flags::register(state.db.pool()).await?;
     let row = db::flags::set(&state.db, flag.name(), body.enabled)
         .await?
         .ok_or(ApiError::NotFound("flag"))?;

@@ -13,6 +13,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::pagination::CursorKey;
 use crate::auth::{Keyring, PasswordHasher};
 use crate::config::Config;
+use crate::db::Db;
 use crate::flags::{self, Flags};
-use crate::{admin, api, db};
+use crate::{admin, api, db, telemetry};
 
 /// What every request handler shares. Cloning is one `Arc` increment.
 #[derive(Clone)]
@@ -31,8 +33,9 @@ pub struct AppState(Arc<App>);
 pub struct App {
     /// The validated configuration.
     pub config: Config,
-    /// The Postgres pool (`KEEL_DB_MAX_CONNECTIONS`): the one store of record.
-    pub db: PgPool,
+    /// Postgres (`KEEL_DB_MAX_CONNECTIONS` connections): the one store of record. Every
+    /// statement through it is traced and measured (`db::Db`).
+    pub db: Db,
     /// This instance's snapshot of the workshop fix flags.
     pub flags: Flags,
     /// Signs and verifies access tokens (current key + one retired key).
@@ -43,6 +46,8 @@ pub struct App {
     pub cursors: CursorKey,
     /// Fires when the process is asked to stop; readiness reports `draining` from then.
     pub shutdown: CancellationToken,
+    /// The Prometheus exporter behind `/metrics`; `None` with `KEEL_METRICS_ENABLED=false`.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl Deref for AppState {
@@ -53,22 +58,28 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, db: PgPool, shutdown: CancellationToken) -> Self {
+    pub fn new(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let tokens = Keyring::new(&config.auth.jwt);
         let passwords = PasswordHasher::new(
             config.auth.password_hash_concurrency,
             config.auth.password_hash_queue_timeout,
         );
         let cursors = CursorKey::derive(config.auth.jwt.secret.expose_secret().as_bytes());
-        Self(Arc::new(App {
+        let metrics = if config.telemetry.metrics_enabled {
+            Some(telemetry::metrics::install()?)
+        } else {
+            None
+        };
+        Ok(Self(Arc::new(App {
             config,
-            db,
+            db: Db::new(pool),
             flags: Flags::default(),
             tokens,
             passwords,
             cursors,
             shutdown,
-        }))
+            metrics,
+        })))
     }
 }
 
@@ -99,7 +110,7 @@ impl Application {
                 format!("Failed to bind KEEL_ADMIN_ADDR {}", config.http.admin_addr)
             })?;
         Ok(Self {
-            state: AppState::new(config, pool, shutdown),
+            state: AppState::new(config, pool, shutdown)?,
             public,
             admin,
         })
@@ -132,10 +143,14 @@ impl Application {
         let shutdown = state.shutdown.clone();
         let refresher = tokio::spawn(flags::run_refresher(
             state.flags.clone(),
-            state.db.clone(),
+            state.db.pool().clone(),
             config.flags.poll_interval,
             shutdown.clone(),
         ));
+        let upkeep = state
+            .metrics
+            .clone()
+            .map(|handle| tokio::spawn(telemetry::metrics::run_upkeep(handle, shutdown.clone())));
 
         // Stops the listeners; fires `KEEL_SHUTDOWN_DELAY` after `shutdown`.
         let stop = CancellationToken::new();
@@ -171,6 +186,9 @@ impl Application {
             }
         }
         refresher.await.ok();
+        if let Some(upkeep) = upkeep {
+            upkeep.await.ok();
+        }
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -107,7 +107,7 @@ pub fn run() -> anyhow::Result<()> {
 
 async fn all() -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Dev)?;
-    telemetry::init(&config.log)?;
+    let telemetry = telemetry::init(&config.log, Some(&config.telemetry))?;
     if db::create_database_if_missing(&config.database).await? {
         tracing::info!(
             database = config.database.database_name(),
@@ -124,7 +124,7 @@ async fn all() -> anyhow::Result<()> {
     let app = Application::build_with_pool(config, pool, shutdown).await?;
     if dev {
         let state = app.state();
-        if demo::add_if_empty(&state.db, &state.passwords).await? {
+        if demo::add_if_empty(state.db.pool(), &state.passwords).await? {
             tracing::info!(email = demo::DEMO_EMAIL, "added the demo data set");
         }
         let demo_present = db::users::find_by_email(&state.db, demo::DEMO_EMAIL)
@@ -132,22 +132,26 @@ async fn all() -> anyhow::Result<()> {
             .is_some();
         print_banner(&app, demo_present);
     }
-    app.run_until_stopped().await
+    let stopped = app.run_until_stopped().await;
+    telemetry.shutdown();
+    stopped
 }
 
 async fn serve() -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Prod)?;
-    telemetry::init(&config.log)?;
+    let telemetry = telemetry::init(&config.log, Some(&config.telemetry))?;
     let shutdown = shutdown::on_signal()?;
     let app = Application::build(config, shutdown).await?;
     tracing::info!(public = %app.public_addr(), admin = %app.admin_addr(), "serving");
-    app.run_until_stopped().await
+    let stopped = app.run_until_stopped().await;
+    telemetry.shutdown();
+    stopped
 }
 
 async fn migrate() -> anyhow::Result<()> {
     let log = LogConfig::from_env()?;
     let database = DatabaseConfig::from_env()?;
-    telemetry::init(&log)?;
+    let _logs = telemetry::init(&log, None)?;
     let pool = db::pool(&database);
     db::migrate(&pool).await?;
     pool.close().await;
@@ -157,7 +161,7 @@ async fn migrate() -> anyhow::Result<()> {
 
 async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Prod)?;
-    telemetry::init(&config.log)?;
+    let _logs = telemetry::init(&config.log, None)?;
     if config.env == Environment::Dev && db::create_database_if_missing(&config.database).await? {
         tracing::info!(
             database = config.database.database_name(),
@@ -175,7 +179,7 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
         password: args.password,
         reset: args.reset,
     };
-    let state = AppState::new(config, pool.clone(), Default::default());
+    let state = AppState::new(config, pool.clone(), Default::default())?;
     let report = seed::run(&pool, &options, &state.passwords, &state.tokens).await?;
     seed::write_report(&report, args.out.as_ref())?;
     pool.close().await;
@@ -185,7 +189,7 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
 async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
     let log = LogConfig::from_env()?;
     let database = DatabaseConfig::from_env()?;
-    telemetry::init(&log)?;
+    let _logs = telemetry::init(&log, None)?;
     let pool = db::pool(&database);
     let mut conn = pool
         .acquire()

@@ -86,6 +86,7 @@ fn error(var: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub env: Environment,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
@@ -98,6 +99,103 @@ pub struct LogConfig {
     pub filter: String,
     /// `KEEL_LOG_FORMAT`.
     pub format: LogFormat,
+}
+
+/// Metrics and traces.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `KEEL_METRICS_ENABLED`: serve Prometheus metrics on the admin listener's `/metrics`.
+    /// On by default; off only to measure what metrics cost.
+    pub metrics_enabled: bool,
+    /// Trace export, from the standard `OTEL_*` variables; `None` when no OTLP endpoint is
+    /// set: then no exporter and no OpenTelemetry layer run at all (no cost).
+    pub traces: Option<TracesConfig>,
+}
+
+/// Where and how traces are exported (OTLP over gRPC).
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: String,
+    /// `OTEL_SERVICE_NAME` (default `keel`).
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
+    pub sampler: Sampler,
+}
+
+/// The samplers of the OpenTelemetry specification's `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl TelemetryConfig {
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let endpoint = vars
+            .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .map(|e| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e))
+            .or_else(|| {
+                vars.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e))
+            });
+        let traces = match endpoint {
+            None => None,
+            Some((var, endpoint)) => {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(error(
+                        var,
+                        format!("{endpoint:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                Some(TracesConfig {
+                    endpoint,
+                    service_name: vars
+                        .get("OTEL_SERVICE_NAME")
+                        .unwrap_or_else(|| "keel".into()),
+                    sampler: Sampler::read(vars)?,
+                })
+            }
+        };
+        Ok(Self {
+            metrics_enabled: vars.parse("KEEL_METRICS_ENABLED", true)?,
+            traces,
+        })
+    }
+}
+
+impl Sampler {
+    /// The SDK reads these variables too, but falls back to its default on a typo with
+    /// only a log line; here a typo stops start-up like any other bad value.
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let ratio = || -> Result<f64, ConfigError> {
+            const VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
+            let raw = vars.get(VAR).unwrap_or_else(|| "1.0".into());
+            match raw.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(error(VAR, format!("{raw:?} is not a ratio from 0 to 1"))),
+            }
+        };
+        match vars.get("OTEL_TRACES_SAMPLER").as_deref() {
+            None | Some("parentbased_always_on") => Ok(Self::ParentBasedAlwaysOn),
+            Some("always_on") => Ok(Self::AlwaysOn),
+            Some("always_off") => Ok(Self::AlwaysOff),
+            Some("traceidratio") => Ok(Self::TraceIdRatio(ratio()?)),
+            Some("parentbased_always_off") => Ok(Self::ParentBasedAlwaysOff),
+            Some("parentbased_traceidratio") => Ok(Self::ParentBasedTraceIdRatio(ratio()?)),
+            Some(other) => Err(error(
+                "OTEL_TRACES_SAMPLER",
+                format!(
+                    "{other:?} is not a sampler (always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off, parentbased_traceidratio)"
+                ),
+            )),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -392,6 +490,7 @@ impl Config {
         let vars = Vars { lookup };
         let env = vars.parse("KEEL_ENV", default_env)?;
         let log = LogConfig::read(&vars)?;
+        let telemetry = TelemetryConfig::read(&vars)?;
 
         let http = HttpConfig {
             addr: vars.parse("KEEL_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
@@ -500,6 +599,7 @@ impl Config {
         Ok(Self {
             env,
             log,
+            telemetry,
             database: DatabaseConfig::read(&vars)?,
             http,
             auth,
@@ -626,6 +726,31 @@ mod tests {
             "KEEL_DB_ACQUIRE_TIMEOUT"
         );
         assert_eq!(
+            var_of(&[("KEEL_DB_TEST_BEFORE_ACQUIRE", "yes")]),
+            "KEEL_DB_TEST_BEFORE_ACQUIRE"
+        );
+        assert_eq!(
+            var_of(&[("KEEL_METRICS_ENABLED", "maybe")]),
+            "KEEL_METRICS_ENABLED"
+        );
+        let otel = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        assert_eq!(
+            var_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]),
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
+        assert_eq!(
+            var_of(&[otel, ("OTEL_TRACES_SAMPLER", "always")]),
+            "OTEL_TRACES_SAMPLER"
+        );
+        assert_eq!(
+            var_of(&[
+                otel,
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2")
+            ]),
+            "OTEL_TRACES_SAMPLER_ARG"
+        );
+        assert_eq!(
             var_of(&[("KEEL_SHUTDOWN_TIMEOUT", "2h")]),
             "KEEL_SHUTDOWN_TIMEOUT"
         );
@@ -682,6 +807,26 @@ mod tests {
         assert!(!printed.contains(DEV_JWT_SECRET));
         assert!(!printed.contains(DEV_ADMIN_TOKEN));
         assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn traces_are_off_without_an_endpoint_and_follow_the_otel_variables() {
+        let off = config(&[], Environment::Dev).unwrap();
+        assert!(off.telemetry.traces.is_none());
+        assert!(off.telemetry.metrics_enabled);
+        let on = config(
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+                ("OTEL_SERVICE_NAME", "keel-api"),
+            ],
+            Environment::Dev,
+        )
+        .unwrap();
+        let traces = on.telemetry.traces.unwrap();
+        assert_eq!(traces.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(traces.service_name, "keel-api");
     }
 
     #[test]

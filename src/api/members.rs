@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ResultExt};
 use super::extract::{AnyMember, AppJson, AppPath, OwnerOrAdmin, ProjectAccess};
 use crate::app::AppState;
-use crate::db;
+use crate::db::{self, Traced};
 use crate::domain::{Email, Role};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -208,8 +208,8 @@ async fn remove_member(
     }
     let mut tx = state.db.begin().await?;
     // Lock the owner rows first: the last-owner check below must not race another removal.
-    let owners = db::members::lock_owners(&mut tx, access.project_id).await?;
-    let target_role = db::members::role_of(&mut *tx, access.project_id, target)
+    let owners = db::members::lock_owners(Traced(&mut tx), access.project_id).await?;
+    let target_role = db::members::role_of(Traced(&mut tx), access.project_id, target)
         .await?
         .ok_or(ApiError::NotFound("member"))?;
     if !removing_self && !access.role.may_remove_other(target_role) {
@@ -222,7 +222,7 @@ async fn remove_member(
                 .into(),
         });
     }
-    db::members::remove(&mut *tx, access.project_id, target).await?;
+    db::members::remove(Traced(&mut tx), access.project_id, target).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -47,5 +47,11 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(middleware::errors::not_found)
         .with_state(state.clone());
-    middleware::basic_stack(app, &state.config.http)
+    let metrics = state.metrics.is_some();
+    middleware::basic_stack(
+        app,
+        &state.config.http,
+        middleware::Listener::Public,
+        metrics,
+    )
 }

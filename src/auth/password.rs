@@ -43,6 +43,7 @@ impl PasswordHasher {
     }
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
+    #[tracing::instrument(name = "password.hash", skip_all)]
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let password = password.as_bytes().to_vec();
         self.run(move || {
@@ -57,6 +58,7 @@ impl PasswordHasher {
     /// Checks a password against a stored hash. With no stored hash (unknown email) it
     /// still spends one full verification on a dummy hash and answers `false`, so that the
     /// response time does not tell an attacker which emails have accounts.
+    #[tracing::instrument(name = "password.verify", skip_all)]
     pub async fn verify(&self, password: &str, stored: Option<String>) -> Result<bool, HashError> {
         let password = password.as_bytes().to_vec();
         self.run(move || {
@@ -78,8 +80,9 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let permit = self.acquire().await?;
         // The permit moves into the blocking task: if the request is cancelled while the
-        // hash runs, the slot stays taken until the CPU work really ends.
-        tokio::task::spawn_blocking(move || {
+        // hash runs, the slot stays taken until the CPU work really ends. The task keeps
+        // the caller's span, so the hash shows in the request's trace.
+        crate::telemetry::spawn_blocking(move || {
             let _permit = permit;
             work()
         })

@@ -29,7 +29,6 @@ impl Comment {
 /// The foreign key to the task; a violation means the task was deleted meanwhile.
 pub const TASK_FKEY: &str = "comments_task_id_fkey";
 
-#[tracing::instrument(skip_all)]
 pub async fn create(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -58,7 +57,6 @@ pub async fn create(
 
 /// A page of a task's comments, oldest first, after `after`.
 /// Served by `comments_task_created_idx`; the authors are primary-key lookups.
-#[tracing::instrument(skip_all)]
 pub async fn list_for_task(
     db: impl PgExecutor<'_>,
     task_id: Uuid,

@@ -14,7 +14,6 @@ pub struct FlagRow {
 }
 
 /// Inserts the flags that are missing (enabled); leaves existing rows alone.
-#[tracing::instrument(skip_all)]
 pub async fn register(db: impl PgExecutor<'_>, names: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "insert into fix_flags (name) select unnest($1::text[]) on conflict (name) do nothing",
@@ -25,7 +24,6 @@ pub async fn register(db: impl PgExecutor<'_>, names: &[String]) -> Result<(), s
     .map(|_| ())
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<FlagRow>, sqlx::Error> {
     sqlx::query_as!(
         FlagRow,
@@ -35,7 +33,6 @@ pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<FlagRow>, sqlx::Error> {
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn set(
     db: impl PgExecutor<'_>,
     name: &str,

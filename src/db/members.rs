@@ -1,7 +1,7 @@
 //! Project members and roles.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::domain::Role;
@@ -48,7 +48,6 @@ fn parse_role(role: &str) -> Result<Role, sqlx::Error> {
 /// The role of `user_id` in `project_id`, or `None` when they are not a member (or the
 /// project does not exist: the caller cannot tell, and must not). This is the query behind
 /// every object-level authorization check; it is a primary-key lookup.
-#[tracing::instrument(skip_all)]
 pub async fn role_of(
     db: impl PgExecutor<'_>,
     project_id: Uuid,
@@ -65,7 +64,6 @@ pub async fn role_of(
 }
 
 /// Every member of a project, in the order they joined.
-#[tracing::instrument(skip_all)]
 pub async fn list(db: impl PgExecutor<'_>, project_id: Uuid) -> Result<Vec<Member>, sqlx::Error> {
     sqlx::query_as!(
         MemberRow,
@@ -84,7 +82,6 @@ pub async fn list(db: impl PgExecutor<'_>, project_id: Uuid) -> Result<Vec<Membe
 }
 
 /// Adds `user_id` to a project with `role`. Fails on `MEMBERS_PKEY` when already a member.
-#[tracing::instrument(skip_all)]
 pub async fn add(
     db: impl PgExecutor<'_>,
     project_id: Uuid,
@@ -112,22 +109,20 @@ pub async fn add(
 /// Locks the project's owner rows and returns how many there are. Called inside the
 /// transaction that removes a member, so that two concurrent removals cannot both see
 /// "another owner remains" and leave the project with none.
-#[tracing::instrument(skip_all)]
-pub async fn lock_owners(conn: &mut PgConnection, project_id: Uuid) -> Result<usize, sqlx::Error> {
+pub async fn lock_owners(db: impl PgExecutor<'_>, project_id: Uuid) -> Result<usize, sqlx::Error> {
     let owners = sqlx::query_scalar!(
         "select user_id from project_members
          where project_id = $1 and role = 'owner'
          for update",
         project_id
     )
-    .fetch_all(conn)
+    .fetch_all(db)
     .await?;
     Ok(owners.len())
 }
 
 /// Removes a member; their tasks in the project become unassigned (the database's
 /// `on delete set null (assignee_id)`). Returns the role they had, if they were a member.
-#[tracing::instrument(skip_all)]
 pub async fn remove(
     db: impl PgExecutor<'_>,
     project_id: Uuid,

@@ -1,12 +1,13 @@
 //! PostgreSQL: the pool, the embedded migrations, and one repository module per aggregate.
 //!
-//! Repositories are plain async functions over a `PgExecutor` (a pool, a connection or a
-//! transaction), one SQL statement each, written with sqlx's checked macros so that a typo
+//! Repositories are plain async functions over a `PgExecutor` (the service passes a `&Db`,
+//! which traces and measures every statement — see [`executor`]), one SQL statement each, written with sqlx's checked macros so that a typo
 //! or a type mismatch fails the build (the `.sqlx/` directory holds the checked metadata for
 //! offline builds). They return `sqlx::Error`; the HTTP layer decides what a constraint
 //! violation means to a client (`api::error::ResultExt::on_constraint`).
 
 pub mod comments;
+pub mod executor;
 pub mod flags;
 pub mod members;
 pub mod projects;
@@ -22,6 +23,7 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
+pub use executor::{Db, Traced};
 
 /// A position in a list ordered by `(created_at, id)`: where the next page starts.
 ///

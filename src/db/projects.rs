@@ -29,7 +29,6 @@ impl Project {
 
 /// Creates a project and makes `owner_id` its owner, in one statement (so in one
 /// transaction: there is never a project without an owner).
-#[tracing::instrument(skip_all)]
 pub async fn create(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -59,7 +58,6 @@ pub async fn create(
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Project>, sqlx::Error> {
     sqlx::query_as!(
         Project,
@@ -73,7 +71,6 @@ pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Project>, 
 
 /// The projects `user_id` belongs to, newest first, after `after`.
 /// Served by `project_members_user_idx`.
-#[tracing::instrument(skip_all)]
 pub async fn list_for_member(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
@@ -104,7 +101,6 @@ pub struct ProjectChanges<'a> {
     pub description: Option<Option<&'a str>>,
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn update(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -132,7 +128,6 @@ pub async fn update(
 }
 
 /// Deletes a project; its members, tasks and comments go with it (`on delete cascade`).
-#[tracing::instrument(skip_all)]
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let result = sqlx::query!("delete from projects where id = $1", id)
         .execute(db)

@@ -24,10 +24,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::Keyset;
+use super::{Db, Keyset};
 use crate::domain::{Role, TaskStatus};
 
 /// The foreign key that makes "the assignee is a member of the task's project" a database
@@ -81,7 +81,6 @@ const TASK_COLUMNS: &str =
 
 /// The project of a task, and the caller's role in it — `None` when the task does not
 /// exist or the caller is not a member of its project (the caller cannot tell which).
-#[tracing::instrument(skip_all)]
 pub async fn access(
     db: impl PgExecutor<'_>,
     task_id: Uuid,
@@ -116,7 +115,6 @@ pub struct NewTask<'a> {
     pub due_date: Option<NaiveDate>,
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn create(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -142,7 +140,6 @@ pub async fn create(
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>, sqlx::Error> {
     sqlx::query_as!(
         Task,
@@ -165,7 +162,6 @@ pub struct TaskChanges<'a> {
     pub due_date: Option<Option<NaiveDate>>,
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn update(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -198,7 +194,6 @@ pub async fn update(
 }
 
 /// Deletes a task and its comments (`on delete cascade`).
-#[tracing::instrument(skip_all)]
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let result = sqlx::query!("delete from tasks where id = $1", id)
         .execute(db)
@@ -221,7 +216,6 @@ pub struct TaskFilter {
 /// (`$2 is null or status = $2`) would get one generic plan that serves none of them.
 /// Each combination is a distinct SQL text, so sqlx prepares and caches it separately.
 /// Every value is bound; only the shape varies.
-#[tracing::instrument(skip_all)]
 pub async fn list_for_project(
     db: impl PgExecutor<'_>,
     project_id: Uuid,
@@ -246,7 +240,6 @@ pub async fn list_for_project(
 /// A page of the tasks assigned to `user_id` across projects, newest first, after
 /// `after` (`tasks_assignee_created_idx`, or `…_assignee_status_…` with a status). Built
 /// at run time for the reason given at [`list_for_project`].
-#[tracing::instrument(skip_all)]
 pub async fn list_for_assignee(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
@@ -286,15 +279,14 @@ pub enum Loading {
 }
 
 /// Attaches each task's assignee and comment count.
-#[tracing::instrument(skip_all, fields(tasks = tasks.len(), loading = ?loading))]
 pub async fn with_details(
-    pool: &PgPool,
+    db: &Db,
     tasks: Vec<Task>,
     loading: Loading,
 ) -> Result<Vec<TaskDetails>, sqlx::Error> {
     let (users, counts) = match loading {
-        Loading::Batched => load_batched(pool, &tasks).await?,
-        Loading::PerRow => load_per_row(pool, &tasks).await?,
+        Loading::Batched => load_batched(db, &tasks).await?,
+        Loading::PerRow => load_per_row(db, &tasks).await?,
     };
     Ok(tasks
         .into_iter()
@@ -309,7 +301,7 @@ pub async fn with_details(
 type Loaded = (HashMap<Uuid, UserSummary>, HashMap<Uuid, i64>);
 
 /// The fix: one query for the distinct assignees, one for all the counts.
-async fn load_batched(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
+async fn load_batched(db: &Db, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
     let mut assignee_ids: Vec<Uuid> = tasks.iter().filter_map(|t| t.assignee_id).collect();
     assignee_ids.sort_unstable();
     assignee_ids.dedup();
@@ -317,12 +309,12 @@ async fn load_batched(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Err
     let users = if assignee_ids.is_empty() {
         Vec::new()
     } else {
-        users_by_id(pool, &assignee_ids).await?
+        users_by_id(db, &assignee_ids).await?
     };
     let counts = if task_ids.is_empty() {
         Vec::new()
     } else {
-        comment_counts(pool, &task_ids).await?
+        comment_counts(db, &task_ids).await?
     };
     Ok((
         users.into_iter().map(|u| (u.id, u)).collect(),
@@ -331,7 +323,6 @@ async fn load_batched(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Err
 }
 
 /// The users with these ids, in one statement (primary-key lookups).
-#[tracing::instrument(skip_all, fields(ids = ids.len()))]
 pub async fn users_by_id(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
@@ -347,7 +338,6 @@ pub async fn users_by_id(
 
 /// The number of comments of each of these tasks that has any, in one statement (an
 /// index-only scan of `comments_task_created_idx`).
-#[tracing::instrument(skip_all, fields(tasks = task_ids.len()))]
 pub async fn comment_counts(
     db: impl PgExecutor<'_>,
     task_ids: &[Uuid],
@@ -369,7 +359,7 @@ pub async fn comment_counts(
 // count query, one round trip each, one after the other. Kept beside the fix so that the
 // `batch_loading` flag can switch between them; a template user deletes this function
 // and the `Loading::PerRow` variant.
-async fn load_per_row(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
+async fn load_per_row(db: &Db, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
     let mut users = HashMap::new();
     let mut counts = HashMap::new();
     for task in tasks {
@@ -379,7 +369,7 @@ async fn load_per_row(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Err
                 "select id, name, email from users where id = $1",
                 assignee_id
             )
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?;
             if let Some(user) = user {
                 users.insert(user.id, user);
@@ -389,7 +379,7 @@ async fn load_per_row(pool: &PgPool, tasks: &[Task]) -> Result<Loaded, sqlx::Err
             r#"select count(*) as "count!" from comments where task_id = $1"#,
             task.id
         )
-        .fetch_one(pool)
+        .fetch_one(db)
         .await?;
         counts.insert(task.id, count);
     }

@@ -22,7 +22,6 @@ pub struct Credentials {
 /// The unique index behind "email taken" (409).
 pub const EMAIL_KEY: &str = "users_email_key";
 
-#[tracing::instrument(skip_all)]
 pub async fn insert(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -44,7 +43,6 @@ pub async fn insert(
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as!(
         User,
@@ -55,7 +53,6 @@ pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sql
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn find_by_email(
     db: impl PgExecutor<'_>,
     email: &str,
@@ -69,7 +66,6 @@ pub async fn find_by_email(
     .await
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn credentials(
     db: impl PgExecutor<'_>,
     email: &str,

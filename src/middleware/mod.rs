@@ -4,7 +4,9 @@
 //! 1. mark `Authorization`, `Cookie` and friends sensitive, so no layer below logs them;
 //! 2. drop an incoming `x-request-id` that is not sane ([`request_id`]), then set one
 //!    (keeping a sane incoming one), and return it on the response;
-//! 3. open the request's span ([`trace`]): method, route template, request id;
+//! 3. open the request's span ([`trace`]): method, route template, request id, and the
+//!    caller's trace context; return `traceparent`; record the RED metrics ([`metrics`],
+//!    public listener only: the SLOs are about the API, not about probes and scrapes);
 //! 4. compress responses;
 //! 5. turn a panic into a 500 problem+json;
 //! 6. log the cause of every 500 and give every bare error response (router fallbacks,
@@ -15,6 +17,7 @@
 //! breaking) are separate modules here, each behind its fix flag.
 
 pub mod errors;
+pub mod metrics;
 pub mod request_id;
 pub mod trace;
 
@@ -32,8 +35,25 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::HttpConfig;
 
+/// Which listener a stack is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
 /// Wraps a router in the basic stack described in the module docs.
-pub fn basic_stack(router: Router, config: &HttpConfig) -> Router {
+pub fn basic_stack(
+    router: Router,
+    config: &HttpConfig,
+    listener: Listener,
+    metrics: bool,
+) -> Router {
+    let router = if listener == Listener::Public && metrics {
+        router.layer(axum::middleware::from_fn(self::metrics::record))
+    } else {
+        router
+    };
     let sensitive = [
         header::AUTHORIZATION,
         header::COOKIE,
@@ -56,6 +76,7 @@ pub fn basic_stack(router: Router, config: &HttpConfig) -> Router {
                     .on_response(trace::on_response)
                     .on_failure(()),
             )
+            .layer(axum::middleware::from_fn(trace::return_traceparent))
             .layer(CompressionLayer::new())
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))

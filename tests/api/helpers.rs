@@ -137,7 +137,8 @@ fn init_test_logging() {
                 filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 format: keel::config::LogFormat::Text,
             };
-            keel::telemetry::init(&log).ok();
+            // Logs only: a test that needs traces installs its own subscriber.
+            let _ = keel::telemetry::init(&log, None);
         }
     });
 }
@@ -170,7 +171,7 @@ pub async fn spawn_app_with_pool(
     let api = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
     let state = app.state().clone();
-    keel::flags::register(&state.db)
+    keel::flags::register(state.db.pool())
         .await
         .expect("register the flags");
     tokio::spawn(app.run_until_stopped());

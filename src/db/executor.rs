@@ -1,0 +1,385 @@
+//! [`Db`]: the pool as every repository sees it, instrumented in one place.
+//!
+//! Repositories take any `PgExecutor`; the service hands them a `&Db` (or, inside a
+//! transaction, a [`Traced`] connection). For each statement, whatever repository sends
+//! it, this module
+//!
+//! * opens a client span named by the statement's summary (`SELECT tasks`, `INSERT
+//!   comments`): low-cardinality, with the parameterised SQL but never a bound value;
+//! * times the wait for a pooled connection (`db_client_connection_wait_time_seconds`) and
+//!   counts the requests waiting (`db_client_connection_pending_requests`), which sqlx's
+//!   pool does not expose;
+//! * times the statement (`db_client_operation_duration_seconds`, by summary).
+//!
+//! A new repository function is traced and measured without a line of instrumentation —
+//! which is why repository functions carry no `#[tracing::instrument]` of their own.
+//!
+//! The statement's rows are collected before they are returned: every query here is
+//! bounded by a page limit, and collecting lets one async block own the pooled
+//! connection for exactly as long as the statement runs.
+
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _};
+use metrics::{gauge, histogram};
+use sqlx::postgres::{
+    PgArguments, PgConnection, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
+};
+use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
+use tracing::Instrument as _;
+
+use crate::telemetry::metrics::names;
+
+/// The service's handle on Postgres.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool itself, for what is not a statement: LISTEN, COPY, migrations, gauges.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begins a transaction; its statements go through [`Traced`].
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let waiting = Waiting::start();
+        let tx = self.pool.begin().await;
+        waiting.done();
+        tx
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A connection (a transaction's) whose statements are traced like [`Db`]'s.
+#[derive(Debug)]
+pub struct Traced<'c>(pub &'c mut PgConnection);
+
+/// A statement taken apart, so that it can be summarised before it runs.
+struct Statement {
+    sql: SqlStr,
+    arguments: Option<PgArguments>,
+    persistent: bool,
+    summary: String,
+}
+
+impl Statement {
+    fn take<'q, E: Execute<'q, Postgres>>(mut query: E) -> Result<Self, sqlx::Error> {
+        let persistent = query.persistent();
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        let sql = query.sql();
+        let summary = summarize(sql.as_str());
+        Ok(Self {
+            sql,
+            arguments,
+            persistent,
+            summary,
+        })
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "db.statement",
+            otel.name = %self.summary,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "postgresql",
+            db.query.summary = %self.summary,
+            db.query.text = self.sql.as_str(),
+        )
+    }
+
+    fn into_query(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
+        sqlx::query_with(self.sql, self.arguments.unwrap_or_default()).persistent(self.persistent)
+    }
+}
+
+/// Counts a request waiting for a pooled connection, and how long it waited.
+struct Waiting {
+    started: Instant,
+}
+
+impl Waiting {
+    fn start() -> Self {
+        gauge!(names::DB_CONNECTION_PENDING).increment(1.0);
+        Self {
+            started: Instant::now(),
+        }
+    }
+
+    fn done(self) {
+        histogram!(names::DB_CONNECTION_WAIT).record(self.started.elapsed());
+        // `Drop` decrements the gauge.
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        gauge!(names::DB_CONNECTION_PENDING).decrement(1.0);
+    }
+}
+
+/// Runs `work` on a connection, inside the statement's span, timing it.
+async fn timed<T>(
+    summary: String,
+    work: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let started = Instant::now();
+    let result = work.await;
+    histogram!(names::DB_OPERATION_DURATION, "db_query_summary" => summary)
+        .record(started.elapsed());
+    if let Err(e) = &result {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+        tracing::debug!(error = %e, "statement failed");
+    }
+    result
+}
+
+async fn on_pool(
+    pool: PgPool,
+    statement: Statement,
+    optional: bool,
+) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
+    let waiting = Waiting::start();
+    let mut conn = pool.acquire().await?;
+    waiting.done();
+    run(&mut conn, statement, optional).await
+}
+
+async fn run(
+    conn: &mut PgConnection,
+    statement: Statement,
+    optional: bool,
+) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
+    let summary = statement.summary.clone();
+    let query = statement.into_query();
+    timed(summary, async move {
+        if optional {
+            Ok(conn
+                .fetch_optional(query)
+                .await?
+                .map(Either::Right)
+                .into_iter()
+                .collect())
+        } else {
+            conn.fetch_many(query).try_collect().await
+        }
+    })
+    .await
+}
+
+fn into_stream<'e>(
+    items: impl Future<Output = Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error>> + Send + 'e,
+) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>> {
+    items
+        .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
+        .try_flatten_stream()
+        .boxed()
+}
+
+fn first_row<'e>(
+    items: impl Future<Output = Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error>> + Send + 'e,
+) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
+    items
+        .map_ok(|items| {
+            items.into_iter().find_map(|item| match item {
+                Either::Right(row) => Some(row),
+                Either::Left(_) => None,
+            })
+        })
+        .boxed()
+}
+
+impl<'c> Executor<'c> for &'c Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let statement = Statement::take(query);
+        let pool = self.pool.clone();
+        into_stream(
+            async move {
+                let statement = statement?;
+                let span = statement.span();
+                on_pool(pool, statement, false).instrument(span).await
+            }
+            .boxed(),
+        )
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let statement = Statement::take(query);
+        let pool = self.pool.clone();
+        first_row(async move {
+            let statement = statement?;
+            let span = statement.span();
+            on_pool(pool, statement, true).instrument(span).await
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&self.pool).prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&self.pool).describe(sql)
+    }
+}
+
+impl<'c> Executor<'c> for Traced<'c> {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let statement = Statement::take(query);
+        into_stream(async move {
+            let statement = statement?;
+            let span = statement.span();
+            run(self.0, statement, false).instrument(span).await
+        })
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let statement = Statement::take(query);
+        first_row(async move {
+            let statement = statement?;
+            let span = statement.span();
+            run(self.0, statement, true).instrument(span).await
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.0.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.0.describe(sql)
+    }
+}
+
+/// A statement's low-cardinality summary: its operation and first table
+/// (`SELECT tasks`), after the OpenTelemetry database conventions. SQL texts here are
+/// static, so the set of summaries is small and fixed.
+pub fn summarize(sql: &str) -> String {
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let table_after = |i: usize, keyword: &str| {
+        words[i..]
+            .iter()
+            .position(|w| w == keyword)
+            .and_then(|at| words.get(i + at + 1))
+    };
+    for (i, word) in words.iter().enumerate() {
+        let (operation, table) = match word.as_str() {
+            "select" => ("SELECT", table_after(i, "from")),
+            "insert" => ("INSERT", table_after(i, "into")),
+            "update" => ("UPDATE", words.get(i + 1)),
+            "delete" => ("DELETE", table_after(i, "from")),
+            _ => continue,
+        };
+        return match table {
+            Some(table) if !table.starts_with('$') => format!("{operation} {table}"),
+            _ => operation.to_owned(),
+        };
+    }
+    words
+        .first()
+        .map_or_else(|| "SQL".to_owned(), |w| w.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize;
+
+    #[test]
+    fn summaries_name_the_operation_and_the_first_table() {
+        let cases = [
+            ("select id, name from users where id = $1", "SELECT users"),
+            (
+                "select exists (select 1 from users) as \"exists!\"",
+                "SELECT users",
+            ),
+            (
+                "insert into tasks (id) values ($1) returning id",
+                "INSERT tasks",
+            ),
+            (
+                "update projects\n set name = $2 where id = $1",
+                "UPDATE projects",
+            ),
+            (
+                "delete from project_members where project_id = $1",
+                "DELETE project_members",
+            ),
+            (
+                "with project as (\n insert into projects (id) values ($1)) select id from project",
+                "INSERT projects",
+            ),
+            ("select 1 as one", "SELECT"),
+            ("analyze users, tasks", "ANALYZE"),
+            ("", "SQL"),
+        ];
+        for (sql, summary) in cases {
+            assert_eq!(summarize(sql), summary, "{sql}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! RED metrics of the public API: the duration histogram of every request (its count is
+//! the rate, its 5xx share the errors) and the requests in flight.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{gauge, histogram};
+
+use crate::telemetry::metrics::names;
+
+/// Decrements the in-flight gauge however the request ends (a dropped connection too).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        gauge!(names::HTTP_ACTIVE_REQUESTS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(names::HTTP_ACTIVE_REQUESTS).decrement(1.0);
+    }
+}
+
+pub async fn record(request: Request, next: Next) -> Response {
+    let _in_flight = InFlight::enter();
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    histogram!(
+        names::HTTP_REQUEST_DURATION,
+        "http_request_method" => method,
+        "http_route" => route,
+        "http_response_status_class" => class
+    )
+    .record(started.elapsed());
+    response
+}
+
+/// The method as a label: the standard ones by name, anything else `_OTHER` (the
+/// semantic conventions' rule, and what keeps a client from minting label values).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"BREW").unwrap()),
+            "_OTHER"
+        );
+    }
+}

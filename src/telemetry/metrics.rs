@@ -1,0 +1,131 @@
+//! The metrics registry: every series Keel exposes, named here, served as Prometheus text
+//! on the admin listener's `/metrics`.
+//!
+//! Names follow the OpenTelemetry semantic conventions, in Prometheus form
+//! (`http.server.request.duration` → `http_server_request_duration_seconds`, attributes as
+//! labels). Labels are bounded by construction: routes are templates (`/v1/projects/{id}`,
+//! never an id), methods outside the standard set are `_OTHER`, statuses are classes
+//! (`2xx`…`5xx`), statements are summaries (`SELECT tasks`). However many ids clients
+//! request, the number of series stays put.
+//!
+//! # Adding a series
+//!
+//! Add its name as a constant and a `describe_*!` line in [`describe`]; record it anywhere
+//! with the `metrics` macros (`metrics::counter!(names::X, "label" => v).increment(1)`).
+//! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::flags::Flag;
+
+/// Every metric name, in one place.
+pub mod names {
+    pub const HTTP_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+    pub const HTTP_ACTIVE_REQUESTS: &str = "http_server_active_requests";
+    pub const DB_OPERATION_DURATION: &str = "db_client_operation_duration_seconds";
+    pub const DB_CONNECTION_WAIT: &str = "db_client_connection_wait_time_seconds";
+    pub const DB_CONNECTION_PENDING: &str = "db_client_connection_pending_requests";
+    pub const DB_CONNECTION_COUNT: &str = "db_client_connection_count";
+    pub const DB_CONNECTION_MAX: &str = "db_client_connection_max";
+    pub const FIX_FLAG_ENABLED: &str = "keel_fix_flag_enabled";
+    pub const BUILD_INFO: &str = "keel_build_info";
+}
+
+/// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
+/// dependency), dense where the SLO thresholds are (100 ms for hot reads).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often the exporter's histograms are compacted.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once: later calls return the same handle, so that
+/// several instances in one test process share it).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use names::*;
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP server requests, by route template, method and status class"
+    );
+    describe_gauge!(HTTP_ACTIVE_REQUESTS, "HTTP server requests in flight");
+    describe_histogram!(
+        DB_OPERATION_DURATION,
+        Unit::Seconds,
+        "Duration of SQL statements, by statement summary"
+    );
+    describe_histogram!(
+        DB_CONNECTION_WAIT,
+        Unit::Seconds,
+        "Time spent waiting for a pooled Postgres connection"
+    );
+    describe_gauge!(
+        DB_CONNECTION_PENDING,
+        "Requests waiting for a pooled Postgres connection"
+    );
+    describe_gauge!(
+        DB_CONNECTION_COUNT,
+        "Pooled Postgres connections, by state (idle, used)"
+    );
+    describe_gauge!(
+        DB_CONNECTION_MAX,
+        "The pool's ceiling (KEEL_DB_MAX_CONNECTIONS)"
+    );
+    describe_gauge!(
+        FIX_FLAG_ENABLED,
+        "Whether each workshop fix is on (1) or off (0) on this instance"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+}
+
+/// The exposition: gauges that are cheaper to read than to track (pool, flags) are set
+/// now, then everything is rendered.
+pub fn render(state: &AppState, handle: &PrometheusHandle) -> String {
+    use names::*;
+    let pool = state.db.pool();
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    gauge!(DB_CONNECTION_COUNT, "db_client_connection_state" => "idle").set(idle);
+    gauge!(DB_CONNECTION_COUNT, "db_client_connection_state" => "used").set(size - idle);
+    gauge!(DB_CONNECTION_MAX).set(f64::from(state.config.database.max_connections));
+    for flag in Flag::ALL {
+        gauge!(FIX_FLAG_ENABLED, "flag" => flag.name()).set(if state.flags.enabled(flag) {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle.render()
+}
+
+/// Compacts histograms periodically until `shutdown` (the exporter's own advice).
+pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => handle.run_upkeep(),
+        }
+    }
+}
