@@ -14,7 +14,7 @@
 //! with the `metrics` macros (`metrics::counter!(names::X, "label" => v).increment(1)`).
 //! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics::{Unit, describe_gauge, describe_histogram, gauge};
@@ -46,19 +46,23 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// How often the exporter's histograms are compacted.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The process-wide recorder's handle, behind a lock so that checking and installing are
+/// one step (instances built concurrently, as tests do, must not both install).
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// Installs the process-wide recorder (once: later calls return the same handle, so that
 /// several instances in one test process share it).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = HANDLE.get() {
+    let mut installed = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()?;
     describe();
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 fn describe() {

@@ -20,7 +20,8 @@ pub mod traces;
 use std::io::IsTerminal as _;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -80,10 +81,18 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
-/// What the OpenTelemetry layer sees: Keel's own spans at INFO and above (not the
-/// libraries' internals).
-pub fn otel_filter() -> Targets {
-    Targets::new().with_target("keel", LevelFilter::INFO)
+/// What the OpenTelemetry layer sees: Keel's own spans from DEBUG up (the statement
+/// spans are DEBUG, so that with traces off and logs at INFO no layer wants them and they
+/// cost nothing) and its events from INFO up — not the libraries' internals.
+pub fn otel_filter() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    FilterFn::new(|meta| {
+        let floor = if meta.is_span() {
+            Level::DEBUG
+        } else {
+            Level::INFO
+        };
+        meta.target().starts_with("keel") && *meta.level() <= floor
+    })
 }
 
 /// `tokio::task::spawn_blocking`, keeping the caller's span: the blocking work (an argon2

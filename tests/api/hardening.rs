@@ -325,6 +325,7 @@ async fn a_500_logs_its_cause_with_the_request_id_and_tells_the_client_nothing()
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    crate::helpers::share_callsites_with_scoped_subscribers();
     let _guard = tracing::subscriber::set_default(subscriber);
     let app = spawn_app().await;
     let user = app.signup().await;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use keel::app::{AppState, Application};
@@ -126,6 +126,18 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Call before installing a test's own (thread-local) subscriber.
+///
+/// tracing caches, per callsite, whether anyone wants it. With exactly one dispatcher
+/// registered, it takes that one for the global one, and a callsite first reached on another
+/// test's thread is cached as wanted by no one — invisible to this test's subscriber from
+/// then on. A second, idle dispatcher, registered for the whole run, makes tracing ask every
+/// registered subscriber instead.
+pub fn share_callsites_with_scoped_subscribers() {
+    static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
+    IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
 }
 
 /// Logs of the app under test go to the test's output with `TEST_LOG=1`.

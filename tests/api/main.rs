@@ -15,6 +15,7 @@ mod hardening;
 mod helpers;
 mod members;
 mod n_plus_one;
+mod observability;
 mod pgwire;
 mod projects;
 mod seed;
