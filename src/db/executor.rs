@@ -18,19 +18,22 @@
 //! bounded by a page limit, and collecting lets one async block own the pooled
 //! connection for exactly as long as the statement runs.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _};
-use metrics::{gauge, histogram};
+use metrics::histogram;
 use sqlx::postgres::{
     PgArguments, PgConnection, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
 };
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
-use crate::telemetry::metrics::names;
+use crate::telemetry::metrics::{DB_PENDING, names};
 
 /// The service's handle on Postgres.
 #[derive(Debug, Clone)]
@@ -70,7 +73,7 @@ struct Statement {
     sql: SqlStr,
     arguments: Option<PgArguments>,
     persistent: bool,
-    summary: String,
+    summary: Arc<str>,
 }
 
 impl Statement {
@@ -78,7 +81,7 @@ impl Statement {
         let persistent = query.persistent();
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
         let sql = query.sql();
-        let summary = summarize(sql.as_str());
+        let summary = summary_of(sql.as_str());
         Ok(Self {
             sql,
             arguments,
@@ -111,7 +114,7 @@ struct Waiting {
 
 impl Waiting {
     fn start() -> Self {
-        gauge!(names::DB_CONNECTION_PENDING).increment(1.0);
+        DB_PENDING.fetch_add(1, Ordering::Relaxed);
         Self {
             started: Instant::now(),
         }
@@ -125,13 +128,13 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        gauge!(names::DB_CONNECTION_PENDING).decrement(1.0);
+        DB_PENDING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Runs `work` on a connection, inside the statement's span, timing it.
 async fn timed<T>(
-    summary: String,
+    summary: Arc<str>,
     work: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
     let started = Instant::now();
@@ -311,6 +314,25 @@ impl<'c> Executor<'c> for Traced<'c> {
     {
         self.0.describe(sql)
     }
+}
+
+/// Summaries by SQL text, computed once per text. The texts are the service's own
+/// (static, or built from a fixed set of shapes — never with values in them), so the map
+/// stays small; past [`MAX_SUMMARIES`] texts it stops growing and summaries are computed
+/// each time.
+static SUMMARIES: LazyLock<RwLock<HashMap<String, Arc<str>>>> = LazyLock::new(Default::default);
+const MAX_SUMMARIES: usize = 1024;
+
+fn summary_of(sql: &str) -> Arc<str> {
+    if let Some(summary) = SUMMARIES.read().unwrap_or_else(|e| e.into_inner()).get(sql) {
+        return summary.clone();
+    }
+    let summary: Arc<str> = summarize(sql).into();
+    let mut summaries = SUMMARIES.write().unwrap_or_else(|e| e.into_inner());
+    if summaries.len() < MAX_SUMMARIES {
+        summaries.insert(sql.to_owned(), summary.clone());
+    }
+    summary
 }
 
 /// A statement's low-cardinality summary: its operation and first table

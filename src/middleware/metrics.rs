@@ -7,23 +7,25 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{gauge, histogram};
+use std::sync::atomic::Ordering;
 
-use crate::telemetry::metrics::names;
+use metrics::histogram;
 
-/// Decrements the in-flight gauge however the request ends (a dropped connection too).
+use crate::telemetry::metrics::{HTTP_IN_FLIGHT, names};
+
+/// Counts the request in flight until it ends, however it ends (a dropped connection too).
 struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
-        gauge!(names::HTTP_ACTIVE_REQUESTS).increment(1.0);
+        HTTP_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(names::HTTP_ACTIVE_REQUESTS).decrement(1.0);
+        HTTP_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,7 @@
 //! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, describe_gauge, describe_histogram, gauge};
@@ -49,6 +50,12 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The process-wide recorder's handle, behind a lock so that checking and installing are
 /// one step (instances built concurrently, as tests do, must not both install).
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Requests in flight and requests waiting for a pooled connection. Plain atomics, read
+/// into their gauges at scrape time: counting them through the registry would cost two
+/// lookups per request and per statement, for values only a scrape ever reads.
+pub static HTTP_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+pub static DB_PENDING: AtomicI64 = AtomicI64::new(0);
 
 /// Installs the process-wide recorder (once: later calls return the same handle, so that
 /// several instances in one test process share it).
@@ -120,6 +127,8 @@ pub fn render(state: &AppState, handle: &PrometheusHandle) -> String {
         });
     }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(HTTP_ACTIVE_REQUESTS).set(HTTP_IN_FLIGHT.load(Ordering::Relaxed) as f64);
+    gauge!(DB_CONNECTION_PENDING).set(DB_PENDING.load(Ordering::Relaxed) as f64);
     handle.render()
 }
 

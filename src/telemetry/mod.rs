@@ -83,13 +83,15 @@ pub fn init(
 
 /// What the OpenTelemetry layer sees: Keel's own spans from DEBUG up (the statement
 /// spans are DEBUG, so that with traces off and logs at INFO no layer wants them and they
-/// cost nothing) and its events from INFO up — not the libraries' internals.
+/// cost nothing), and its WARN and ERROR events, which become events on their span. INFO
+/// events (a line per response) stay in the logs: as span events they would double the
+/// export for nothing the span does not already say.
 pub fn otel_filter() -> FilterFn<fn(&Metadata<'_>) -> bool> {
     FilterFn::new(|meta| {
         let floor = if meta.is_span() {
             Level::DEBUG
         } else {
-            Level::INFO
+            Level::WARN
         };
         meta.target().starts_with("keel") && *meta.level() <= floor
     })

@@ -3,7 +3,9 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler as SdkSampler, SdkTracerProvider,
+};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{Sampler, TracesConfig};
@@ -15,8 +17,14 @@ pub fn provider(config: &TracesConfig) -> anyhow::Result<SdkTracerProvider> {
         .with_tonic()
         .with_endpoint(&config.endpoint)
         .build()?;
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(config.span_queue_size)
+        .build();
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_sampler(sampler(config.sampler))
         .with_resource(
             Resource::builder()
@@ -26,14 +34,20 @@ pub fn provider(config: &TracesConfig) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
-/// The tracing layer that turns spans into OpenTelemetry spans.
+/// The tracing layer that turns spans into OpenTelemetry spans. Source locations, thread
+/// names and busy/idle timings are off: each is work on every span, and none says more
+/// than the span's name and duration already do.
 pub fn layer<S>(
     provider: &SdkTracerProvider,
 ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("keel"))
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("keel"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
 }
 
 fn sampler(sampler: Sampler) -> SdkSampler {
