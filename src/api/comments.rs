@@ -78,7 +78,7 @@ impl From<db::comments::Comment> for CommentBody {
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(task_id = %access.task_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn create_comment(
     State(state): State<AppState>,
     access: TaskAccess,
@@ -109,7 +109,7 @@ async fn create_comment(
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(task_id = %access.task_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn list_comments(
     State(state): State<AppState>,
     access: TaskAccess,

@@ -312,11 +312,13 @@ async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Option<
 /// The caller's access to the task named by the path (`/v1/tasks/{id}…`): 404 when the
 /// task does not exist or the caller is not a member of its project — one query, and
 /// the same answer in both cases. Any member may read, change and comment on a task.
+/// The query returns the task too, as it was when access was checked.
 pub struct TaskAccess {
     pub task_id: Uuid,
     pub project_id: Uuid,
     pub user_id: Uuid,
     pub role: Role,
+    pub task: db::tasks::Task,
 }
 
 impl<S> FromRequestParts<S> for TaskAccess
@@ -331,14 +333,15 @@ where
         let user = AuthUser::from_request_parts(parts, state).await?;
         let task_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
         let state = AppState::from_ref(state);
-        let (project_id, role) = db::tasks::access(&state.db, task_id, user.id)
+        let (task, role) = db::tasks::access(&state.db, task_id, user.id)
             .await?
             .ok_or(NOT_FOUND)?;
         Ok(Self {
             task_id,
-            project_id,
+            project_id: task.project_id,
             user_id: user.id,
             role,
+            task,
         })
     }
 }

@@ -121,7 +121,7 @@ impl From<db::members::Member> for MemberBody {
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn list_members(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,
@@ -147,7 +147,7 @@ async fn list_members(
         (status = 409, description = "The user is already a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn add_member(
     State(state): State<AppState>,
     access: ProjectAccess<OwnerOrAdmin>,
@@ -193,7 +193,7 @@ pub struct MemberPath {
         (status = 409, description = "The member is the project's last owner"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id, target = %path.user_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id, target = %path.user_id))]
 async fn remove_member(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,

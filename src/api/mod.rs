@@ -2,7 +2,13 @@
 //!
 //! Routes are registered through utoipa-axum's `OpenApiRouter`, so the OpenAPI document
 //! is built from the same handlers and types that serve requests and cannot drift from
-//! them. The admin endpoints are *not* here: they live on their own listener
+//! them.
+//!
+//! Handlers carry `#[tracing::instrument(level = "trace", …)]`: their spans (with the ids
+//! they act on) are there for `RUST_LOG=keel=trace`, but not exported as traces. The
+//! server span already names the route and times the request; a handler span in every
+//! trace would add a span per request — measured as a large share of trace-export cost —
+//! and no information. The admin endpoints are *not* here: they live on their own listener
 //! (`crate::admin`), so the public one answers 404 for them.
 
 pub mod comments;

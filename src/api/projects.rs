@@ -90,7 +90,7 @@ impl From<db::projects::Project> for ProjectBody {
     responses((status = 201, description = "The new project", body = ProjectBody,
                headers(("Location" = String, description = "The project's URL")))),
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+#[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
 async fn create_project(
     State(state): State<AppState>,
     user: AuthUser,
@@ -128,7 +128,7 @@ async fn create_project(
     params(PageParams),
     responses((status = 200, description = "A page of the caller's projects", body = Page<ProjectBody>)),
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+#[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
 async fn list_projects(
     State(state): State<AppState>,
     user: AuthUser,
@@ -161,7 +161,7 @@ async fn list_projects(
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn get_project(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,
@@ -186,7 +186,7 @@ async fn get_project(
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn update_project(
     State(state): State<AppState>,
     access: ProjectAccess<OwnerOrAdmin>,
@@ -223,7 +223,7 @@ async fn update_project(
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn delete_project(
     State(state): State<AppState>,
     access: ProjectAccess<OwnerOnly>,

@@ -252,7 +252,7 @@ async fn task_page(
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn create_task(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,
@@ -297,7 +297,7 @@ async fn create_task(
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(project_id = %access.project_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn list_project_tasks(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,
@@ -345,7 +345,7 @@ async fn list_project_tasks(
     params(StatusParam, PageParams),
     responses((status = 200, description = "A page of the caller's tasks", body = Page<TaskBody>)),
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+#[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
 async fn list_my_tasks(
     State(state): State<AppState>,
     user: AuthUser,
@@ -382,15 +382,13 @@ async fn list_my_tasks(
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(task_id = %access.task_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn get_task(
     State(state): State<AppState>,
     access: TaskAccess,
 ) -> Result<AppJson<TaskBody>, ApiError> {
-    let task = db::tasks::find(&state.db, access.task_id)
-        .await?
-        .ok_or(ApiError::NotFound("task"))?;
-    Ok(AppJson(task_body(&state, task).await?))
+    // The access check already read the row.
+    Ok(AppJson(task_body(&state, access.task).await?))
 }
 
 /// Change a task.
@@ -406,7 +404,7 @@ async fn get_task(
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(task_id = %access.task_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn update_task(
     State(state): State<AppState>,
     access: TaskAccess,
@@ -462,7 +460,7 @@ async fn update_task(
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
-#[tracing::instrument(skip_all, fields(task_id = %access.task_id))]
+#[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn delete_task(
     State(state): State<AppState>,
     access: TaskAccess,

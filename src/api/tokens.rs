@@ -57,7 +57,7 @@ pub struct TokenResponse {
         (status = 401, description = "Unknown email or wrong password (one answer for both)"),
     ),
 )]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "trace", skip_all)]
 async fn issue_token(
     State(state): State<AppState>,
     AppJson(body): AppJson<TokenRequest>,

@@ -71,7 +71,7 @@ impl From<db::users::User> for UserBody {
         (status = 409, description = "The email is taken (compared case-insensitively)"),
     ),
 )]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "trace", skip_all)]
 async fn create_user(
     State(state): State<AppState>,
     AppJson(body): AppJson<CreateUser>,
@@ -105,7 +105,7 @@ async fn create_user(
     security(("bearer" = [])),
     responses((status = 200, description = "The caller", body = UserBody)),
 )]
-#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+#[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<AppJson<UserBody>, ApiError> {
     // A valid token for a user that no longer exists authenticates no one.
     let user = db::users::find(&state.db, user.id)

@@ -5,7 +5,9 @@
 //! it, this module
 //!
 //! * opens a client span named by the statement's summary (`SELECT tasks`, `INSERT
-//!   comments`): low-cardinality, with the parameterised SQL but never a bound value;
+//!   comments`): low-cardinality, never a bound value. (Not the SQL text either: the
+//!   summary names the statement, and copying its text into every span was the costliest
+//!   part of exporting it);
 //! * times the wait for a pooled connection (`db_client_connection_wait_time_seconds`) and
 //!   counts the requests waiting (`db_client_connection_pending_requests`), which sqlx's
 //!   pool does not expose;
@@ -98,7 +100,6 @@ impl Statement {
             otel.status_code = tracing::field::Empty,
             db.system.name = "postgresql",
             db.query.summary = %self.summary,
-            db.query.text = self.sql.as_str(),
         )
     }
 

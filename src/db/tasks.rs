@@ -79,15 +79,18 @@ pub struct TaskDetails {
 const TASK_COLUMNS: &str =
     "id, project_id, title, description, status, assignee_id, due_date, created_at, updated_at";
 
-/// The project of a task, and the caller's role in it — `None` when the task does not
-/// exist or the caller is not a member of its project (the caller cannot tell which).
+/// A task and the caller's role in its project — `None` when the task does not exist or
+/// the caller is not a member of its project (the caller cannot tell which). One
+/// statement answers both "may they?" and "what is it?": a task read costs no second
+/// round trip for the row.
 pub async fn access(
     db: impl PgExecutor<'_>,
     task_id: Uuid,
     user_id: Uuid,
-) -> Result<Option<(Uuid, Role)>, sqlx::Error> {
+) -> Result<Option<(Task, Role)>, sqlx::Error> {
     let row = sqlx::query!(
-        "select t.project_id, m.role
+        "select t.id, t.project_id, t.title, t.description, t.status, t.assignee_id,
+                t.due_date, t.created_at, t.updated_at, m.role
          from tasks t
          join project_members m on m.project_id = t.project_id and m.user_id = $2
          where t.id = $1",
@@ -101,7 +104,18 @@ pub async fn access(
             .role
             .parse()
             .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-        Ok((r.project_id, role))
+        let task = Task {
+            id: r.id,
+            project_id: r.project_id,
+            title: r.title,
+            description: r.description,
+            status: r.status,
+            assignee_id: r.assignee_id,
+            due_date: r.due_date,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        };
+        Ok((task, role))
     })
     .transpose()
 }
@@ -137,18 +151,6 @@ pub async fn create(
         new.due_date
     )
     .fetch_one(db)
-    .await
-}
-
-pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as!(
-        Task,
-        "select id, project_id, title, description, status, assignee_id, due_date,
-                created_at, updated_at
-         from tasks where id = $1",
-        id
-    )
-    .fetch_optional(db)
     .await
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -29,7 +29,11 @@ impl Drop for InFlight {
     }
 }
 
-pub async fn record(request: Request, next: Next) -> Response {
+/// Records the request, when `enabled` (the public listener, with metrics on).
+pub async fn record(State(enabled): State<bool>, request: Request, next: Next) -> Response {
+    if !enabled {
+        return next.run(request).await;
+    }
     let _in_flight = InFlight::enter();
     let started = Instant::now();
     let route = request

@@ -49,11 +49,6 @@ pub fn basic_stack(
     listener: Listener,
     metrics: bool,
 ) -> Router {
-    let router = if listener == Listener::Public && metrics {
-        router.layer(axum::middleware::from_fn(self::metrics::record))
-    } else {
-        router
-    };
     let sensitive = [
         header::AUTHORIZATION,
         header::COOKIE,
@@ -77,9 +72,61 @@ pub fn basic_stack(
                     .on_failure(()),
             )
             .layer(axum::middleware::from_fn(trace::return_traceparent))
+            // Outside panic catching and every guardrail, so that a panic's 500 and a
+            // shed request's 503 count against the SLOs like any other response.
+            .layer(axum::middleware::from_fn_with_state(
+                listener == Listener::Public && metrics,
+                self::metrics::record,
+            ))
             .layer(CompressionLayer::new())
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn http_config() -> HttpConfig {
+        crate::config::Config::from_map(&Default::default(), crate::config::Environment::Dev)
+            .expect("defaults are valid")
+            .http
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_problem_and_counts_in_the_red_metrics() {
+        let handle = crate::telemetry::metrics::install().expect("a recorder");
+        let app = Router::new().route(
+            "/boom/{id}",
+            get(|| async {
+                panic!("kaboom");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        );
+        let app = basic_stack(app, &http_config(), Listener::Public, true);
+
+        let response = app
+            .oneshot(Request::get("/boom/42").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let series = r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/boom/{id}",http_response_status_class="5xx"} 1"#;
+        assert!(
+            handle.render().contains(series),
+            "the panic's 500 is counted"
+        );
+    }
 }
