@@ -56,6 +56,10 @@ DURATION="${DURATION:-15s}"
 WARMUP="${WARMUP:-3s}"
 CONNECTIONS="${CONNECTIONS:-16}"
 ROUNDS="${ROUNDS:-1}"
+# The sampler of configuration 3 (the goal is stated at 100 %: always_on); e.g.
+# TRACES_SAMPLER=parentbased_traceidratio TRACES_SAMPLER_ARG=0.1 for a production-like ratio.
+TRACES_SAMPLER="${TRACES_SAMPLER:-always_on}"
+TRACES_SAMPLER_ARG="${TRACES_SAMPLER_ARG:-}"
 DATABASE="${DATABASE:-keel_obs_bench}"
 HTTP_PORT="${HTTP_PORT:-18480}"
 ADMIN_PORT="${ADMIN_PORT:-19490}"
@@ -387,7 +391,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
         tag="$round-$key"
         settings=(KEEL_METRICS_ENABLED="${config_metrics[$c]}")
         if [[ "${config_traces[$c]}" == true ]]; then
-            settings+=(OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_TRACES_SAMPLER=always_on)
+            settings+=(OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_TRACES_SAMPLER="$TRACES_SAMPLER")
+            if [[ -n "$TRACES_SAMPLER_ARG" ]]; then settings+=(OTEL_TRACES_SAMPLER_ARG="$TRACES_SAMPLER_ARG"); fi
         fi
         note "round $round: starting keel serve, $name (${settings[*]})"
         sink_before="$(sink_stats)"

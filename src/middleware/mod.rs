@@ -26,6 +26,7 @@ use axum::http::header;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate as _, SizeAbove};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{
@@ -78,7 +79,14 @@ pub fn basic_stack(
                 listener == Listener::Public && metrics,
                 self::metrics::record,
             ))
-            .layer(CompressionLayer::new())
+            .layer(
+                CompressionLayer::new().compress_when(
+                    SizeAbove::new(config.compression_min_bytes)
+                        .and(NotForContentType::GRPC)
+                        .and(NotForContentType::IMAGES)
+                        .and(NotForContentType::SSE),
+                ),
+            )
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),

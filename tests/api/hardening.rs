@@ -252,6 +252,15 @@ async fn large_responses_are_compressed_when_the_client_accepts_it() {
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-encoding"], "gzip");
+    // A response smaller than KEEL_COMPRESSION_MIN_BYTES (1 KiB) is not worth gzip.
+    let small = app
+        .request(Method::GET, "/v1/me", Some(&user.token))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), StatusCode::OK);
+    assert!(small.headers().get("content-encoding").is_none());
 }
 
 #[tokio::test]
