@@ -22,19 +22,20 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _};
-use metrics::histogram;
+use metrics::{Histogram, histogram};
 use sqlx::postgres::{
     PgArguments, PgConnection, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
 };
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
+use crate::telemetry;
 use crate::telemetry::metrics::{DB_PENDING, names};
 
 /// The service's handle on Postgres.
@@ -75,7 +76,34 @@ struct Statement {
     sql: SqlStr,
     arguments: Option<PgArguments>,
     persistent: bool,
+    meta: Arc<StatementMeta>,
+}
+
+/// What is known of a SQL text once: its summary, and its duration histogram's handle
+/// (taken once the recorder exists; before, each statement looks its series up).
+struct StatementMeta {
     summary: Arc<str>,
+    duration: Option<Histogram>,
+}
+
+impl StatementMeta {
+    fn new(sql: &str) -> Self {
+        let summary: Arc<str> = summarize(sql).into();
+        let duration = telemetry::metrics::installed().then(
+            || histogram!(names::DB_OPERATION_DURATION, "db_query_summary" => summary.clone()),
+        );
+        Self { summary, duration }
+    }
+
+    fn record(&self, elapsed: std::time::Duration) {
+        match &self.duration {
+            Some(histogram) => histogram.record(elapsed),
+            None => {
+                histogram!(names::DB_OPERATION_DURATION, "db_query_summary" => self.summary.clone())
+                    .record(elapsed)
+            }
+        }
+    }
 }
 
 impl Statement {
@@ -83,23 +111,23 @@ impl Statement {
         let persistent = query.persistent();
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
         let sql = query.sql();
-        let summary = summary_of(sql.as_str());
+        let meta = statement_meta(sql.as_str());
         Ok(Self {
             sql,
             arguments,
             persistent,
-            summary,
+            meta,
         })
     }
 
     fn span(&self) -> tracing::Span {
         tracing::debug_span!(
             "db.statement",
-            otel.name = %self.summary,
+            otel.name = %self.meta.summary,
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             db.system.name = "postgresql",
-            db.query.summary = %self.summary,
+            db.query.summary = %self.meta.summary,
         )
     }
 
@@ -122,7 +150,14 @@ impl Waiting {
     }
 
     fn done(self) {
-        histogram!(names::DB_CONNECTION_WAIT).record(self.started.elapsed());
+        static WAIT: OnceLock<Histogram> = OnceLock::new();
+        let elapsed = self.started.elapsed();
+        if telemetry::metrics::installed() {
+            WAIT.get_or_init(|| histogram!(names::DB_CONNECTION_WAIT))
+                .record(elapsed);
+        } else {
+            histogram!(names::DB_CONNECTION_WAIT).record(elapsed);
+        }
         // `Drop` decrements the gauge.
     }
 }
@@ -135,13 +170,12 @@ impl Drop for Waiting {
 
 /// Runs `work` on a connection, inside the statement's span, timing it.
 async fn timed<T>(
-    summary: Arc<str>,
+    meta: Arc<StatementMeta>,
     work: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
     let started = Instant::now();
     let result = work.await;
-    histogram!(names::DB_OPERATION_DURATION, "db_query_summary" => summary)
-        .record(started.elapsed());
+    meta.record(started.elapsed());
     if let Err(e) = &result {
         tracing::Span::current().record("otel.status_code", "ERROR");
         tracing::debug!(error = %e, "statement failed");
@@ -165,9 +199,9 @@ async fn run(
     statement: Statement,
     optional: bool,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
-    let summary = statement.summary.clone();
+    let meta = statement.meta.clone();
     let query = statement.into_query();
-    timed(summary, async move {
+    timed(meta, async move {
         if optional {
             Ok(conn
                 .fetch_optional(query)
@@ -321,19 +355,25 @@ impl<'c> Executor<'c> for Traced<'c> {
 /// (static, or built from a fixed set of shapes — never with values in them), so the map
 /// stays small; past [`MAX_SUMMARIES`] texts it stops growing and summaries are computed
 /// each time.
-static SUMMARIES: LazyLock<RwLock<HashMap<String, Arc<str>>>> = LazyLock::new(Default::default);
+static STATEMENTS: LazyLock<RwLock<HashMap<String, Arc<StatementMeta>>>> =
+    LazyLock::new(Default::default);
 const MAX_SUMMARIES: usize = 1024;
 
-fn summary_of(sql: &str) -> Arc<str> {
-    if let Some(summary) = SUMMARIES.read().unwrap_or_else(|e| e.into_inner()).get(sql) {
-        return summary.clone();
+fn statement_meta(sql: &str) -> Arc<StatementMeta> {
+    if let Some(meta) = STATEMENTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(sql)
+        && (meta.duration.is_some() || !telemetry::metrics::installed())
+    {
+        return meta.clone();
     }
-    let summary: Arc<str> = summarize(sql).into();
-    let mut summaries = SUMMARIES.write().unwrap_or_else(|e| e.into_inner());
-    if summaries.len() < MAX_SUMMARIES {
-        summaries.insert(sql.to_owned(), summary.clone());
+    let meta = Arc::new(StatementMeta::new(sql));
+    let mut statements = STATEMENTS.write().unwrap_or_else(|e| e.into_inner());
+    if statements.len() < MAX_SUMMARIES || statements.contains_key(sql) {
+        statements.insert(sql.to_owned(), meta.clone());
     }
-    summary
+    meta
 }
 
 /// A statement's low-cardinality summary: its operation and first table

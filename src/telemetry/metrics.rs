@@ -15,7 +15,7 @@
 //! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, describe_gauge, describe_histogram, gauge};
@@ -57,6 +57,14 @@ static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 pub static HTTP_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
 pub static DB_PENDING: AtomicI64 = AtomicI64::new(0);
 
+/// Whether the process-wide recorder is installed. Hot paths cache metric handles only
+/// once it is: a handle taken before would stay a no-op for good.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+pub fn installed() -> bool {
+    INSTALLED.load(Ordering::Acquire)
+}
+
 /// Installs the process-wide recorder (once: later calls return the same handle, so that
 /// several instances in one test process share it).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -69,6 +77,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     describe();
     *installed = Some(handle.clone());
+    INSTALLED.store(true, Ordering::Release);
     Ok(handle)
 }
 
