@@ -13,7 +13,7 @@
 # builds the release binary, installs the sink's pinned Python packages into
 # target/load-venv, starts the sink (loadtests/otlp_sink.py), seeds a small scratch
 # database (keel seed), and then, ROUNDS times, starts a fresh `keel serve` per
-# configuration (in the order 1, 2, 3) on the same database, measures one task with oha
+# configuration (1, 2, 3, rotated by one each round) on the same database, measures one task with oha
 # after a warm-up, and stops it (which flushes its traces). It prints one table, the cost of
 # metrics and of trace export in % of req/s with two goal lines (PASS/FAIL), and how many
 # spans the sink received in each configuration. The same results go to $OUT_DIR as JSON
@@ -26,7 +26,7 @@
 #   DURATION         measured run per configuration, at most 10m   (default 15s)
 #   WARMUP           warm-up per configuration, 0 = none           (default 3s)
 #   CONNECTIONS      concurrent connections                        (default 16)
-#   ROUNDS           times to run the sequence 1, 2, 3 (1..20)     (default 1)
+#   ROUNDS           rounds of the three configurations (1..20)   (default 1)
 #   DATABASE         scratch database, DROPPED at start and at exit (default keel_obs_bench)
 #   HTTP_PORT        loopback port of the public API               (default 18480)
 #   ADMIN_PORT       loopback port of the admin listener           (default 19490)
@@ -382,8 +382,14 @@ task_id=""
 records=()
 echo "$PROG: $CONNECTIONS connections, $DURATION per configuration after a $WARMUP warm-up," \
     "$ROUNDS round(s); $(oha --version)" >&2
+# Round r starts the sequence at configuration r (1, 2, 3; then 2, 3, 1; then 3, 1, 2; ...):
+# over every three rounds each configuration runs once first, once second and once last, so
+# a drift within a round (the machine's other load, Postgres warming up) does not always
+# favour the same one.
+n_configs=${#config_keys[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
-    for c in "${!config_keys[@]}"; do
+    for ((position = 0; position < n_configs; position++)); do
+        c=$(((position + round - 1) % n_configs))
         key="${config_keys[$c]}"
         name="${config_names[$c]}"
         label="$name"
