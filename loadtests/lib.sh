@@ -18,6 +18,16 @@
 #                                      ARGS are oha's (headers, then the URL)
 #   oha_summary FILE LABEL             one JSON line: requests/s, p50/p99 ms, non-2xx, errors
 #   print_table FIRST_HEADER LINE...   oha_summary lines as an aligned table
+#   note MESSAGE                       print "PROG: MESSAGE" on stderr
+#   pg URL PSQL_ARGS...                bounded, quiet psql (statement timeout
+#                                      $PG_STATEMENT_TIMEOUT, default 120s)
+#   json EXPR JSON                     EXPR evaluated on the parsed JSON `d`
+#   http METHOD URL CURL_ARGS...       one bounded request; the body of a 2xx, else dies
+#                                      (needs $scratch, a temporary directory)
+#   port_in_use PORT                   something listens on 127.0.0.1:PORT
+#   build_keel                         cargo build --release; sets $keel (needs $root)
+#   drop_scratch_database              drops $DATABASE on $PG_SERVER, or keeps it when
+#                                      KEEP=1 (prints $DB_URL)
 #
 # Needs python3 (it parses the JSON). Leaves `set -euo pipefail` to the caller.
 
@@ -26,6 +36,62 @@ PROG="${PROG:-$(basename "$0")}"
 die() {
     echo "$PROG: $*" >&2
     exit 1
+}
+
+note() {
+    echo "$PROG: $*" >&2
+}
+
+# --- Processes, Postgres, HTTP (the bench scripts) ---------------------------------------
+pg() {
+    local url="$1"
+    shift
+    PGCONNECT_TIMEOUT=10 PGOPTIONS="-c statement_timeout=${PG_STATEMENT_TIMEOUT:-120s} -c client_min_messages=warning" \
+        psql "$url" -X -q -A -t -v ON_ERROR_STOP=1 "$@"
+}
+
+# json EXPR JSON: evaluates EXPR on the parsed JSON `d`; strings as they are, the rest as JSON.
+json() {
+    python3 -c '
+import json, sys
+d = json.loads(sys.argv[2])
+v = eval(sys.argv[1], {"d": d})
+print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"
+}
+
+# http METHOD URL [CURL_ARGS...]: one bounded request; prints the body of a 2xx answer,
+# dies with the status and body otherwise.
+http() {
+    local method="$1" url="$2" body="$scratch/response.json" status
+    shift 2
+    status="$(curl -sS --max-time 30 -o "$body" -w '%{http_code}' -X "$method" "$@" "$url")" ||
+        die "$method $url failed"
+    [[ "$status" == 2* ]] || die "$method $url answered $status: $(head -c 500 "$body")"
+    cat "$body"
+}
+
+port_in_use() {
+    local rc=0
+    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/" || rc=$?
+    [[ "$rc" != 7 ]] # 7: connection refused
+}
+
+build_keel() {
+    note "building the release binary"
+    cargo build --release --quiet
+    keel="${CARGO_TARGET_DIR:-$root/target}/release/keel"
+    [[ -x "$keel" ]] || die "no binary at $keel after cargo build --release"
+}
+
+# The scratch database of a bench, at exit: dropped, or kept with KEEP=1.
+drop_scratch_database() {
+    if [[ "$KEEP" == 1 ]]; then
+        note "kept the database: $DB_URL"
+    elif pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"; then
+        note "dropped the database $DATABASE"
+    else
+        note "could not drop the database $DATABASE"
+    fi
 }
 
 # --- Knobs -------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ OUT_DIR="${OUT_DIR:-$root/target/bench}"
 
 # Bounds on the steps that are not oha runs (seconds).
 READY_TIMEOUT=60
+# Statement timeout of pg (lib.sh): the VACUUM (ANALYZE) after the seed.
+PG_STATEMENT_TIMEOUT=300s
 SEED_TIMEOUT=1800
 STOP_TIMEOUT=30
 SINK_TIMEOUT=30
@@ -143,48 +145,11 @@ config_metrics=(false true true)
 config_traces=(false false true)
 
 # --- Helpers -----------------------------------------------------------------------------
-note() {
-    echo "$PROG: $*" >&2
-}
-
 ((${#inherited[@]} == 0)) || note "ignoring inherited ${inherited[*]}"
-
-pg() {
-    local url="$1"
-    shift
-    PGCONNECT_TIMEOUT=10 PGOPTIONS='-c statement_timeout=300s -c client_min_messages=warning' \
-        psql "$url" -X -q -A -t -v ON_ERROR_STOP=1 "$@"
-}
-
-# json EXPR JSON: evaluates EXPR on the parsed JSON `d`; strings as they are, the rest as JSON.
-json() {
-    python3 -c '
-import json, sys
-d = json.loads(sys.argv[2])
-v = eval(sys.argv[1], {"d": d})
-print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"
-}
-
-# http METHOD URL [CURL_ARGS...]: one bounded request; prints the body of a 2xx answer,
-# dies with the status and body otherwise.
-http() {
-    local method="$1" url="$2" body="$scratch/response.json" status
-    shift 2
-    status="$(curl -sS --max-time 30 -o "$body" -w '%{http_code}' -X "$method" "$@" "$url")" ||
-        die "$method $url failed"
-    [[ "$status" == 2* ]] || die "$method $url answered $status: $(head -c 500 "$body")"
-    cat "$body"
-}
 
 # http_status URL: the status of one bounded GET (000 when nothing answered).
 http_status() {
     curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$1" || true
-}
-
-port_in_use() {
-    local rc=0
-    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/" || rc=$?
-    [[ "$rc" != 7 ]] # 7: connection refused
 }
 
 alive() {
@@ -305,15 +270,7 @@ cleanup() {
     if [[ -n "$sink_pid" ]]; then
         stop_sink && note "stopped the OTLP sink"
     fi
-    if [[ "$db_touched" == 1 ]]; then
-        if [[ "$KEEP" == 1 ]]; then
-            note "kept the database: $DB_URL"
-        elif pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"; then
-            note "dropped the database $DATABASE"
-        else
-            note "could not drop the database $DATABASE"
-        fi
-    fi
+    [[ "$db_touched" != 1 ]] || drop_scratch_database
     [[ -z "$scratch" ]] || rm -rf "$scratch"
     exit "$status"
 }
@@ -324,10 +281,7 @@ scratch="$(mktemp -d)"
 
 # --- Build, load generator, sink's packages ----------------------------------------------
 ensure_oha
-note "building the release binary"
-cargo build --release --quiet
-keel="${CARGO_TARGET_DIR:-$root/target}/release/keel"
-[[ -x "$keel" ]] || die "no binary at $keel after cargo build --release"
+build_keel
 
 # The sink's packages, pinned, in a venv of their own; re-installed only when
 # loadtests/requirements.txt changes.

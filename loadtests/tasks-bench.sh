@@ -102,48 +102,11 @@ rm -f "$OUT_DIR/tasks-bench.json" "$OUT_DIR/tasks-bench.md" "$raw"/*.json "$raw"
 cd "$root"
 
 # --- Helpers -----------------------------------------------------------------------------
-note() {
-    echo "$PROG: $*" >&2
-}
-
-pg() {
-    local url="$1"
-    shift
-    PGCONNECT_TIMEOUT=10 PGOPTIONS='-c statement_timeout=120s -c client_min_messages=warning' \
-        psql "$url" -X -q -A -t -v ON_ERROR_STOP=1 "$@"
-}
-
-# json EXPR JSON: evaluates EXPR on the parsed JSON `d`; strings as they are, the rest as JSON.
-json() {
-    python3 -c '
-import json, sys
-d = json.loads(sys.argv[2])
-v = eval(sys.argv[1], {"d": d})
-print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"
-}
-
 urlencode() {
     python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"
 }
 
-# http METHOD URL [CURL_ARGS...]: one bounded request; prints the body of a 2xx answer,
-# dies with the status and body otherwise.
-http() {
-    local method="$1" url="$2" body="$scratch/response.json" status
-    shift 2
-    status="$(curl -sS --max-time 30 -o "$body" -w '%{http_code}' -X "$method" "$@" "$url")" ||
-        die "$method $url failed"
-    [[ "$status" == 2* ]] || die "$method $url answered $status: $(head -c 500 "$body")"
-    cat "$body"
-}
-
 admin_auth=(-H "authorization: Bearer $ADMIN_TOKEN")
-
-port_in_use() {
-    local rc=0
-    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/" || rc=$?
-    [[ "$rc" != 7 ]] # 7: connection refused
-}
 
 server_alive() {
     [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null
@@ -237,15 +200,7 @@ cleanup() {
             note "indexes left dropped: the database is dropped anyway"
         fi
     fi
-    if [[ "$db_touched" == 1 ]]; then
-        if [[ "$KEEP" == 1 ]]; then
-            note "kept the database: $DB_URL"
-        elif pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"; then
-            note "dropped the database $DATABASE"
-        else
-            note "could not drop the database $DATABASE"
-        fi
-    fi
+    [[ "$db_touched" != 1 ]] || drop_scratch_database
     [[ -z "$scratch" ]] || rm -rf "$scratch"
     exit "$status"
 }
@@ -256,10 +211,7 @@ scratch="$(mktemp -d)"
 
 # --- Build, load generator ---------------------------------------------------------------
 ensure_oha
-note "building the release binary"
-cargo build --release --quiet
-keel="${CARGO_TARGET_DIR:-$root/target}/release/keel"
-[[ -x "$keel" ]] || die "no binary at $keel after cargo build --release"
+build_keel
 
 for port in "$HTTP_PORT" "$ADMIN_PORT"; do
     ! port_in_use "$port" || die "something already listens on 127.0.0.1:$port; choose HTTP_PORT / ADMIN_PORT"
