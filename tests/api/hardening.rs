@@ -308,24 +308,9 @@ async fn the_openapi_document_and_the_docs_page_are_served() {
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
 
-/// Log output captured from the current thread (the test's single-threaded runtime runs
-/// the server's tasks too).
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_500_logs_its_cause_with_the_request_id_and_tells_the_client_nothing() {
-    let captured = Captured::default();
+    let captured = crate::helpers::Captured::default();
     let writer = captured.clone();
     // WARN, as an operator who turned logging down would run it: the INFO request span
     // is off, and the error line must carry the request id by itself.
@@ -354,7 +339,7 @@ async fn a_500_logs_its_cause_with_the_request_id_and_tells_the_client_nothing()
     let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
     assert_nothing_internal(&problem);
     assert!(!problem.to_string().contains("name"), "{problem}");
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let line = logs
         .lines()
         .find(|l| l.contains("request failed"))

@@ -128,6 +128,28 @@ impl Drop for TestApp {
     }
 }
 
+/// Log output, captured: a test's own subscriber writes into it (`with_writer(move ||
+/// writer.clone())`), and the test reads what was written.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Call before installing a test's own (thread-local) subscriber.
 ///
 /// tracing caches, per callsite, whether anyone wants it. With exactly one dispatcher

@@ -172,20 +172,6 @@ async fn with_metrics_off_there_is_no_metrics_endpoint() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
-/// Log lines, captured as JSON.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
@@ -216,7 +202,7 @@ async fn a_request_is_one_trace_from_the_http_span_down_to_each_statement() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let logs = Captured::default();
+    let logs = crate::helpers::Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::registry()
         .with(keel::telemetry::traces::layer(&provider).with_filter(keel::telemetry::otel_filter()))
@@ -315,7 +301,7 @@ async fn a_request_is_one_trace_from_the_http_span_down_to_each_statement() {
 
     // Every log line of the request carries its trace id and span id.
     let server_span = server.span_context.span_id().to_string();
-    let lines = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines = logs.text();
     let response_line = lines
         .lines()
         .filter(|l| l.contains("\"response\""))
