@@ -86,15 +86,21 @@ pub fn init(
 /// cost nothing), and its WARN and ERROR events, which become events on their span. INFO
 /// events (a line per response) stay in the logs: as span events they would double the
 /// export for nothing the span does not already say.
+///
+/// The filter states its most verbose level (DEBUG). Without that hint, tracing assumes
+/// the layer may want TRACE: with traces on, the global maximum level (and the `log`
+/// bridge's) would be TRACE, and every TRACE callsite of every dependency (hyper, h2,
+/// sqlx) would get past the one-comparison level check to a per-callsite lookup.
 pub fn otel_filter() -> FilterFn<fn(&Metadata<'_>) -> bool> {
-    FilterFn::new(|meta| {
+    let filter: FilterFn<fn(&Metadata<'_>) -> bool> = FilterFn::new(|meta| {
         let floor = if meta.is_span() {
             Level::DEBUG
         } else {
             Level::WARN
         };
         meta.target().starts_with("keel") && *meta.level() <= floor
-    })
+    });
+    filter.with_max_level_hint(Level::DEBUG)
 }
 
 /// `tokio::task::spawn_blocking`, keeping the caller's span: the blocking work (an argon2
@@ -106,4 +112,21 @@ where
 {
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(work))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::layer::Filter;
+
+    use super::*;
+
+    #[test]
+    fn the_otel_filter_states_its_most_verbose_level() {
+        // What the global maximum level is computed from: DEBUG, the statement spans'.
+        assert_eq!(
+            Filter::<tracing_subscriber::Registry>::max_level_hint(&otel_filter()),
+            Some(LevelFilter::DEBUG)
+        );
+    }
 }
