@@ -13,6 +13,11 @@
 #   check_warmup NAME VALUE            a duration, or 0 for none (WARMUP)
 #   check_connections NAME VALUE       1..9999 (CONNECTIONS)
 #   check_loopback_url NAME URL        http(s)://loopback[:port], nothing else
+#   check_ports VAR...                 each a port from 1024 to 65535, all different
+#   check_scratch_database             KEEP is 0 or 1; DATABASE a lower-case identifier
+#                                      with "bench" in it (it is dropped)
+#   check_pg_server                    PG_SERVER: loopback Postgres without a database
+#                                      (drops a trailing slash)
 #   ensure_oha                         install oha if missing; sets OHA_JSON (its JSON flag)
 #   run_oha DURATION OUT ARGS...       oha for DURATION at $CONNECTIONS, JSON into OUT;
 #                                      ARGS are oha's (headers, then the URL)
@@ -28,6 +33,10 @@
 #   build_keel                         cargo build --release; sets $keel (needs $root)
 #   drop_scratch_database              drops $DATABASE on $PG_SERVER, or keeps it when
 #                                      KEEP=1 (prints $DB_URL)
+#   login EMAIL PASSWORD               a fresh access token from $API
+#   alive PID                          PID is set and the process runs
+#   stop_process PID NAME              SIGTERM, at most $STOP_TIMEOUT s, then SIGKILL;
+#                                      returns 1 if it had to be killed
 #
 # Needs python3 (it parses the JSON). Leaves `set -euo pipefail` to the caller.
 
@@ -94,6 +103,41 @@ drop_scratch_database() {
     fi
 }
 
+# login EMAIL PASSWORD: a fresh access token (a seeded token lives an hour, and a run can
+# last longer than that).
+login() {
+    local body response
+    body="$(python3 -c 'import json, sys; print(json.dumps({"email": sys.argv[1], "password": sys.argv[2]}))' \
+        "$1" "$2")"
+    response="$(http POST "$API/v1/auth/token" -H 'content-type: application/json' --data-binary "$body")"
+    json 'd["access_token"]' "$response"
+}
+
+# --- Processes ---------------------------------------------------------------------------
+alive() {
+    [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null
+}
+
+# stop_process PID NAME: SIGTERM, a bounded wait, then SIGKILL. Returns 1 if it had to be
+# killed.
+stop_process() {
+    local pid="$1" name="$2" killed=0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + STOP_TIMEOUT))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            note "$name did not stop within ${STOP_TIMEOUT}s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            killed=1
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    ((killed == 0))
+}
+
 # --- Knobs -------------------------------------------------------------------------------
 # oha takes durations such as 500ms, 15s, 2m; bound them so that a typo cannot run for hours.
 duration_secs() {
@@ -125,6 +169,29 @@ check_connections() {
     [[ "$2" =~ ^[1-9][0-9]{0,3}$ ]] || die "$1=$2: expected 1..9999"
 }
 
+check_ports() {
+    local var port
+    for var in "$@"; do
+        port="${!var}"
+        if [[ ! "$port" =~ ^[1-9][0-9]{0,4}$ ]] || ((port < 1024 || port > 65535)); then
+            die "$var=$port: expected a port from 1024 to 65535"
+        fi
+    done
+    if [[ "$(for var in "$@"; do echo "${!var}"; done | sort -u | wc -l)" != "$#" ]]; then
+        local names
+        names="$(printf '%s, ' "$@")"
+        die "${names%, } must all differ"
+    fi
+}
+
+# The benches drop DATABASE with (force): a name with "bench" in it keeps a typo from
+# dropping a database that matters.
+check_scratch_database() {
+    [[ "$KEEP" == 0 || "$KEEP" == 1 ]] || die "KEEP=$KEEP: expected 0 or 1"
+    [[ "$DATABASE" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "DATABASE=$DATABASE: expected a lower-case identifier"
+    [[ "$DATABASE" == *bench* ]] || die "DATABASE=$DATABASE: it is dropped at start and at exit, so its name must contain 'bench'"
+}
+
 # --- Target: loopback only ---------------------------------------------------------------
 # Accept http(s)://HOST[:PORT][/] where HOST is localhost, 127.x.y.z or [::1]; nothing else
 # (no user-info, no path), so that the load can never leave this machine.
@@ -135,6 +202,15 @@ check_loopback_url() {
         die "refusing $name=$url: this harness sends load only to this machine.
 Give a loopback base URL with no path: http://127.0.0.1:PORT, http://localhost:PORT or http://[::1]:PORT."
     fi
+}
+
+# PG_SERVER: postgres://USER[:PASSWORD]@loopback[:PORT], no database (the benches create
+# and drop theirs on it).
+check_pg_server() {
+    PG_SERVER="${PG_SERVER%/}"
+    local pg_re='^postgres(ql)?://[A-Za-z0-9_.-]+(:[^@/]*)?@(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?$'
+    [[ "$PG_SERVER" =~ $pg_re ]] ||
+        die "refusing PG_SERVER=$PG_SERVER: expected postgres://USER[:PASSWORD]@127.0.0.1[:PORT] (loopback, no database)"
 }
 
 # --- Load generator ----------------------------------------------------------------------

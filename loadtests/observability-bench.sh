@@ -93,24 +93,9 @@ check_connections CONNECTIONS "$CONNECTIONS"
 if [[ ! "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || ((ROUNDS > 20)); then
     die "ROUNDS=$ROUNDS: expected 1..20"
 fi
-[[ "$KEEP" == 0 || "$KEEP" == 1 ]] || die "KEEP=$KEEP: expected 0 or 1"
-# The script drops DATABASE with (force): a name with "bench" in it keeps a typo from
-# dropping a database that matters.
-[[ "$DATABASE" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "DATABASE=$DATABASE: expected a lower-case identifier"
-[[ "$DATABASE" == *bench* ]] || die "DATABASE=$DATABASE: it is dropped at start and at exit, so its name must contain 'bench'"
-port_vars=(HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT)
-for port_var in "${port_vars[@]}"; do
-    port="${!port_var}"
-    if [[ ! "$port" =~ ^[1-9][0-9]{0,4}$ ]] || ((port < 1024 || port > 65535)); then
-        die "$port_var=$port: expected a port from 1024 to 65535"
-    fi
-done
-[[ "$(printf '%s\n' "$HTTP_PORT" "$ADMIN_PORT" "$SINK_PORT" "$SINK_STATS_PORT" | sort -u | wc -l)" == 4 ]] ||
-    die "HTTP_PORT, ADMIN_PORT, SINK_PORT and SINK_STATS_PORT must all differ"
-PG_SERVER="${PG_SERVER%/}"
-pg_re='^postgres(ql)?://[A-Za-z0-9_.-]+(:[^@/]*)?@(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?$'
-[[ "$PG_SERVER" =~ $pg_re ]] ||
-    die "refusing PG_SERVER=$PG_SERVER: expected postgres://USER[:PASSWORD]@127.0.0.1[:PORT] (loopback, no database)"
+check_scratch_database
+check_ports HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT
+check_pg_server
 
 API="http://127.0.0.1:$HTTP_PORT"
 ADMIN="http://127.0.0.1:$ADMIN_PORT"
@@ -152,10 +137,6 @@ http_status() {
     curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$1" || true
 }
 
-alive() {
-    [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null
-}
-
 # cpu_ticks PID: user + system CPU of the process (all its threads), in clock ticks.
 cpu_ticks() {
     local stat rest fields
@@ -168,25 +149,6 @@ cpu_ticks() {
     echo $((fields[11] + fields[12]))
 }
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
-
-# stop PID NAME: SIGTERM, a bounded wait, then SIGKILL. Returns 1 if it had to be killed.
-stop_process() {
-    local pid="$1" name="$2" killed=0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local deadline=$((SECONDS + STOP_TIMEOUT))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            note "$name did not stop within ${STOP_TIMEOUT}s of SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-            killed=1
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    ((killed == 0))
-}
 
 stop_server() {
     [[ -n "$server_pid" ]] || return 0
@@ -223,15 +185,6 @@ $(tail -n 20 "$log")"
         ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
         sleep 0.2
     done
-}
-
-# A fresh token for the project's owner: a seeded token lives an hour.
-login() {
-    local body response
-    body="$(python3 -c 'import json, sys; print(json.dumps({"email": sys.argv[1], "password": sys.argv[2]}))' \
-        "$owner_email" "$password")"
-    response="$(http POST "$API/v1/auth/token" -H 'content-type: application/json' --data-binary "$body")"
-    json 'd["access_token"]' "$response"
 }
 
 # served FILE: from a /metrics scrape, the public API's requests counted by Keel (all
@@ -367,7 +320,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             [[ "$metrics_status" == 404 ]] || die "$name: GET /metrics answered $metrics_status, expected 404"
         fi
 
-        token="$(login)"
+        token="$(login "$owner_email" "$password")"
         auth=(-H "authorization: Bearer $token")
         if [[ -z "$task_id" ]]; then
             response="$(http GET "$API/v1/projects/$project_id/tasks?limit=1" "${auth[@]}")"

@@ -70,22 +70,9 @@ done
 check_duration DURATION "$DURATION"
 check_warmup WARMUP "$WARMUP"
 check_connections CONNECTIONS "$CONNECTIONS"
-[[ "$KEEP" == 0 || "$KEEP" == 1 ]] || die "KEEP=$KEEP: expected 0 or 1"
-# The script drops DATABASE with (force): a name with "bench" in it keeps a typo from
-# dropping a database that matters.
-[[ "$DATABASE" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "DATABASE=$DATABASE: expected a lower-case identifier"
-[[ "$DATABASE" == *bench* ]] || die "DATABASE=$DATABASE: it is dropped at start and at exit, so its name must contain 'bench'"
-for port_var in HTTP_PORT ADMIN_PORT; do
-    port="${!port_var}"
-    if [[ ! "$port" =~ ^[1-9][0-9]{0,4}$ ]] || ((port < 1024 || port > 65535)); then
-        die "$port_var=$port: expected a port from 1024 to 65535"
-    fi
-done
-[[ "$HTTP_PORT" != "$ADMIN_PORT" ]] || die "HTTP_PORT and ADMIN_PORT must differ"
-PG_SERVER="${PG_SERVER%/}"
-pg_re='^postgres(ql)?://[A-Za-z0-9_.-]+(:[^@/]*)?@(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?$'
-[[ "$PG_SERVER" =~ $pg_re ]] ||
-    die "refusing PG_SERVER=$PG_SERVER: expected postgres://USER[:PASSWORD]@127.0.0.1[:PORT] (loopback, no database)"
+check_scratch_database
+check_ports HTTP_PORT ADMIN_PORT
+check_pg_server
 
 API="http://127.0.0.1:$HTTP_PORT"
 ADMIN="http://127.0.0.1:$ADMIN_PORT"
@@ -107,10 +94,6 @@ urlencode() {
 }
 
 admin_auth=(-H "authorization: Bearer $ADMIN_TOKEN")
-
-server_alive() {
-    [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null
-}
 
 # Keel's secondary indexes on the data tables that are valid (what drop-indexes drops).
 count_indexes() {
@@ -140,31 +123,11 @@ set_batch_loading() {
     note "batch_loading = $1"
 }
 
-# A fresh token for the project's owner: a seeded token lives an hour, and a run can last
-# longer than that.
-login() {
-    local body response
-    body="$(python3 -c 'import json, sys; print(json.dumps({"email": sys.argv[1], "password": sys.argv[2]}))' \
-        "$owner_email" "$password")"
-    response="$(http POST "$API/v1/auth/token" -H 'content-type: application/json' --data-binary "$body")"
-    json 'd["access_token"]' "$response"
-}
-
 stop_server() {
     [[ -n "$server_pid" ]] || return 0
-    if kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        local deadline=$((SECONDS + STOP_TIMEOUT))
-        while kill -0 "$server_pid" 2>/dev/null && ((SECONDS < deadline)); do
-            sleep 0.2
-        done
-        if kill -0 "$server_pid" 2>/dev/null; then
-            note "keel serve did not stop within ${STOP_TIMEOUT}s; killing it"
-            kill -KILL "$server_pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$server_pid" 2>/dev/null || true
+    local pid="$server_pid"
     server_pid=""
+    stop_process "$pid" "keel serve" || true
 }
 
 # --- Clean-up, whatever happens ----------------------------------------------------------
@@ -181,7 +144,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     if [[ "$flag_changed" == 1 && -n "$flag_initial" && "$flag_now" != "$flag_initial" ]]; then
-        if server_alive &&
+        if alive "$server_pid" &&
             curl -s -f --max-time 10 -o /dev/null -X PUT "${admin_auth[@]}" \
                 -H 'content-type: application/json' --data-binary "{\"enabled\": $flag_initial}" \
                 "$ADMIN/admin/flags/batch_loading"; then
@@ -243,7 +206,7 @@ KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
 server_pid=$!
 deadline=$((SECONDS + READY_TIMEOUT))
 until curl -sf --max-time 2 -o /dev/null "$ADMIN/readyz"; do
-    server_alive || die "keel serve exited; the end of its log:
+    alive "$server_pid" || die "keel serve exited; the end of its log:
 $(tail -n 20 "$raw/server.log")"
     ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
     sleep 0.2
@@ -256,7 +219,7 @@ flag_now="$flag_initial"
 [[ "$flag_now" == true ]] || set_batch_loading true
 
 # --- The deep cursor ---------------------------------------------------------------------
-token="$(login)"
+token="$(login "$owner_email" "$password")"
 tasks_url="$API/v1/projects/$project_id/tasks"
 cursor=""
 for ((page = 1; page <= DEEP_PAGES; page++)); do
@@ -310,7 +273,7 @@ for i in "${!names[@]}"; do
     fi
     [[ "$flag_now" == "${batching[$i]}" ]] || set_batch_loading "${batching[$i]}"
 
-    token="$(login)"
+    token="$(login "$owner_email" "$password")"
     auth=(-H "authorization: Bearer $token")
     url="$tasks_url?limit=${limits[$i]}"
     [[ "${pages[$i]}" == first ]] || url+="&cursor=$deep_cursor"
@@ -325,7 +288,7 @@ for i in "${!names[@]}"; do
     fi
     note "measuring $name"
     run_oha "$DURATION" "$raw/result-$i.json" "${auth[@]}" "$url"
-    server_alive || die "keel serve died during \"$name\"; see $raw/server.log"
+    alive "$server_pid" || die "keel serve died during \"$name\"; see $raw/server.log"
 
     summary="$(oha_summary "$raw/result-$i.json" "$name")"
     records+=("$(python3 -c '
