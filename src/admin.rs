@@ -1,11 +1,9 @@
-//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness and the fix flags.
+//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics and the fix flags.
 //!
 //! A separate listener, not a path prefix on the public one: it binds to loopback (or a
 //! cluster-internal address) by default, the public listener answers 404 for all of it,
 //! and the flag API needs `KEEL_ADMIN_TOKEN`, which is not a user token (and a user token
 //! is not an admin token).
-
-use std::collections::BTreeMap;
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -20,22 +18,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::error::ApiError;
-use crate::api::extract::{AppJson, AppPath};
-use crate::app::AppState;
+use crate::db;
 use crate::flags::{Flag, FlagState};
-use crate::{db, middleware, telemetry};
+use crate::http::{ApiError, AppJson, AppPath};
+use crate::readiness::Report;
+use crate::state::AppState;
+use crate::telemetry::metrics::{self, PoolStats, Scrape};
 
-pub fn router(state: AppState) -> Router {
-    let app = Router::new()
+/// The admin routes; the assembly (`crate::server`) adds the fallback and the middleware.
+pub fn routes() -> Router<AppState> {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(prometheus))
         .route("/admin/flags", get(list_flags))
         .route("/admin/flags/{name}", put(set_flag))
-        .fallback(middleware::errors::not_found)
-        .with_state(state.clone());
-    middleware::basic_stack(app, &state.config.http, middleware::Listener::Admin, false)
 }
 
 /// Liveness: the process is running and serving.
@@ -43,61 +40,45 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-#[derive(Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum DependencyState {
-    Up,
-    Down,
-}
-
-#[derive(Serialize)]
-struct Readiness {
-    /// `ready`, `degraded` (serving, with an optional dependency down), `unready`, or
-    /// `draining` (shutting down: take this instance out of rotation).
-    status: &'static str,
-    dependencies: BTreeMap<&'static str, DependencyState>,
-}
-
-/// Readiness: 200 while Postgres answers (the one dependency without which nothing
-/// works); 503 when it does not, or while the process drains for shutdown.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let postgres = match tokio::time::timeout(
-        state.config.http.readiness_timeout,
-        db::ping(state.db.pool()),
-    )
-    .await
-    {
-        Ok(Ok(())) => DependencyState::Up,
-        _ => DependencyState::Down,
-    };
-    let dependencies = BTreeMap::from([("postgres", postgres)]);
-    let (status, label) = if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if postgres == DependencyState::Down {
-        (StatusCode::SERVICE_UNAVAILABLE, "unready")
+/// Readiness, from the registry (`crate::readiness`): 200 while the instance should
+/// receive traffic (`ready`, or `degraded` with an optional dependency down), 503 when a
+/// required dependency is down or the process drains for shutdown.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
+    let report = state.readiness.check(state.shutdown.is_cancelled()).await;
+    let status = if report.status.is_serving() {
+        StatusCode::OK
     } else {
-        (StatusCode::OK, "ready")
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(Readiness {
-            status: label,
-            dependencies,
-        }),
-    )
+    (status, Json(report))
 }
 
 /// Prometheus text exposition (open, like the probes: the admin listener is internal).
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let handle = state.metrics.as_ref().ok_or(ApiError::NotFound(
         "metrics endpoint (KEEL_METRICS_ENABLED=false)",
     ))?;
+    let pool = state.db.pool();
+    let flags: Vec<(&'static str, bool)> = state
+        .flags
+        .snapshot()
+        .into_iter()
+        .map(|f| (f.flag.name(), f.enabled))
+        .collect();
+    let scrape = Scrape {
+        pool: PoolStats {
+            size: pool.size(),
+            idle: pool.num_idle(),
+            max: state.config.database.max_connections,
+        },
+        flags: &flags,
+    };
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        telemetry::metrics::render(&state, handle),
+        metrics::render(handle, &scrape),
     ))
 }
 

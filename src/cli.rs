@@ -7,9 +7,10 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::app::{AppState, Application};
+use crate::auth::{Keyring, PasswordHasher};
 use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
 use crate::seed::{SeedOptions, generate::Sizes};
+use crate::server::Application;
 use crate::{db, demo, flags, seed, shutdown, telemetry};
 
 #[derive(Parser)]
@@ -124,7 +125,7 @@ async fn all() -> anyhow::Result<()> {
     let app = Application::build_with_pool(config, pool, shutdown).await?;
     if dev {
         let state = app.state();
-        if demo::add_if_empty(state.db.pool(), &state.passwords).await? {
+        if demo::add_if_empty(&state.db, &state.passwords).await? {
             tracing::info!(email = demo::DEMO_EMAIL, "added the demo data set");
         }
         let demo_present = db::users::find_by_email(&state.db, demo::DEMO_EMAIL)
@@ -179,8 +180,12 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
         password: args.password,
         reset: args.reset,
     };
-    let state = AppState::new(config, pool.clone(), Default::default())?;
-    let report = seed::run(&pool, &options, &state.passwords, &state.tokens).await?;
+    let passwords = PasswordHasher::new(
+        config.auth.password_hash_concurrency,
+        config.auth.password_hash_queue_timeout,
+    );
+    let tokens = Keyring::new(&config.auth.jwt);
+    let report = seed::run(&pool, &options, &passwords, &tokens).await?;
     seed::write_report(&report, args.out.as_ref())?;
     pool.close().await;
     Ok(())

@@ -3,28 +3,27 @@
 //! `keel seed`, which generates data sets of any size.)
 
 use chrono::NaiveDate;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::PasswordHasher;
-use crate::db;
 use crate::db::tasks::NewTask;
+use crate::db::{self, Db};
 use crate::domain::{Role, TaskStatus};
 
 pub const DEMO_EMAIL: &str = "demo@keel.dev";
 pub const DEMO_PASSWORD: &str = "keel-demo-password";
 
 /// Adds the demo data when the database has no users. Returns whether it did.
-pub async fn add_if_empty(pool: &PgPool, passwords: &PasswordHasher) -> anyhow::Result<bool> {
-    if db::users::any(pool).await? {
+pub async fn add_if_empty(db: &Db, passwords: &PasswordHasher) -> anyhow::Result<bool> {
+    if db::users::any(db).await? {
         return Ok(false);
     }
     // Every demo user shares the password, so it is hashed once.
     let hash = passwords.hash(DEMO_PASSWORD).await?;
-    let mut tx = pool.begin().await?;
-    let demo = db::users::insert(&mut *tx, Uuid::now_v7(), DEMO_EMAIL, "Demo User", &hash).await?;
+    let mut tx = db.begin().await?;
+    let demo = db::users::insert(tx.exec(), Uuid::now_v7(), DEMO_EMAIL, "Demo User", &hash).await?;
     let ada = db::users::insert(
-        &mut *tx,
+        tx.exec(),
         Uuid::now_v7(),
         "ada@keel.dev",
         "Ada Lovelace",
@@ -32,7 +31,7 @@ pub async fn add_if_empty(pool: &PgPool, passwords: &PasswordHasher) -> anyhow::
     )
     .await?;
     let grace = db::users::insert(
-        &mut *tx,
+        tx.exec(),
         Uuid::now_v7(),
         "grace@keel.dev",
         "Grace Hopper",
@@ -41,18 +40,19 @@ pub async fn add_if_empty(pool: &PgPool, passwords: &PasswordHasher) -> anyhow::
     .await?;
 
     let website = db::projects::create(
-        &mut *tx,
+        tx.exec(),
         Uuid::now_v7(),
         "Website relaunch",
         Some("The public site, rebuilt for the spring launch."),
         demo.id,
     )
     .await?;
-    db::members::add(&mut *tx, website.id, ada.id, Role::Admin).await?;
-    db::members::add(&mut *tx, website.id, grace.id, Role::Member).await?;
+    db::members::add(tx.exec(), website.id, ada.id, Role::Admin).await?;
+    db::members::add(tx.exec(), website.id, grace.id, Role::Member).await?;
 
-    let mobile = db::projects::create(&mut *tx, Uuid::now_v7(), "Mobile app", None, ada.id).await?;
-    db::members::add(&mut *tx, mobile.id, demo.id, Role::Member).await?;
+    let mobile =
+        db::projects::create(tx.exec(), Uuid::now_v7(), "Mobile app", None, ada.id).await?;
+    db::members::add(tx.exec(), mobile.id, demo.id, Role::Member).await?;
 
     let tasks = [
         (
@@ -96,9 +96,9 @@ pub async fn add_if_empty(pool: &PgPool, passwords: &PasswordHasher) -> anyhow::
             assignee_id,
             due_date: due.and_then(|(y, m, d)| NaiveDate::from_ymd_opt(y, m, d)),
         };
-        let task = db::tasks::create(&mut *tx, Uuid::now_v7(), project_id, new).await?;
+        let task = db::tasks::create(tx.exec(), Uuid::now_v7(), project_id, new).await?;
         let comment = format!("Picked this up: {}.", title.to_lowercase());
-        db::comments::create(&mut *tx, Uuid::now_v7(), task.id, commenter, &comment).await?;
+        db::comments::create(tx.exec(), Uuid::now_v7(), task.id, commenter, &comment).await?;
     }
     tx.commit().await?;
     Ok(true)

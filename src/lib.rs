@@ -5,42 +5,58 @@
 //!
 //! # Layout
 //!
-//! A request's path through the code, outside in:
+//! The house is layered: each module imports only the layers below its own, never a
+//! sibling of its layer, and a test (`tests/api/layers.rs`) fails naming any import that
+//! breaks the rule. From the top:
 //!
-//! * [`cli`] picks the role (`all`, `serve`, `migrate`); [`config`] reads and validates the
-//!   environment into one [`config::Config`]; [`telemetry`] installs logging.
-//! * [`app`] builds the [`app::AppState`] and runs both listeners until [`shutdown`] fires.
-//! * [`middleware`] wraps every request: request id, trace span, panic → 500, problem+json
-//!   for every error, compression, body limit.
-//! * [`api`] is the public HTTP layer: one module per resource, typed extractors
-//!   ([`api::extract`]: JSON, authentication, object-level authorization), one error type
-//!   ([`api::error::ApiError`]), keyset pagination ([`api::pagination`]), the OpenAPI
-//!   document ([`api::openapi`]).
-//! * [`admin`] is the admin listener: health, readiness, the fix flags.
-//! * [`domain`] holds the rules (valid emails, names, roles) with no HTTP or SQL in them.
-//! * [`auth`] hashes passwords (argon2id, bounded, off the runtime) and signs tokens (JWT).
-//! * [`db`] is PostgreSQL: the pool, migrations, one repository per aggregate.
-//! * [`flags`] is the workshop fix-flag registry and its shared, refreshed snapshot.
+//! | layer | modules | what |
+//! |---|---|---|
+//! | entry | [`cli`] | picks the role (`all`, `serve`, `migrate`, `seed`, `workshop`) |
+//! | assembly | [`server`] | binds the listeners, builds both routers, applies the one middleware stack, starts the background tasks, serves and drains |
+//! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags) |
+//! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
+//! | state | [`state`] | [`state::AppState`]: what handlers share |
+//! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |
+//! | loading | [`loaders`] | reads composed of several statements ("tasks with details"); the `batch_loading` strategy; where the cache goes |
+//! | core | [`auth`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the fix-flag registry; the readiness registry; the background-task registry |
+//! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
+//! | telemetry | [`telemetry`] | logs, traces, the metrics registry (takes values, never the state) |
+//! | foundation | [`domain`], [`config`], [`shutdown`] | rules and validated types (no axum, no sqlx); configuration, one file per section; the stop signal |
 //!
-//! Dependencies point inwards: `api` uses `domain`, `db` and `auth`; `db` never imports
-//! `api`; `domain` imports neither axum nor sqlx.
+//! A capability that lands later plugs into a seam rather than editing across the
+//! tree: a readiness probe ([`readiness::Readiness::register`]), a background task
+//! ([`background::Background::spawn`], called from `server`), a layer in the middleware
+//! stack (`server`), a load behind the loaders.
+//!
+//! # Public and internal
+//!
+//! Public, for the binary and the integration tests: [`cli`], [`server`], [`state`],
+//! [`config`], [`db`], [`domain`], [`auth`], [`flags`], [`loaders`] (a field of the
+//! state), [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
+//! Internal (`pub(crate)`): the HTTP layer (`api`, `admin`, `middleware`, `http`) and the
+//! `demo` data — tests reach them only through HTTP.
 //!
 //! # Where each fix lives
 //!
 //! The README's table maps every playbook step to its file; each naive path that a fix
 //! flag selects is one small function marked `// naive:` beside the fixed one.
 
-pub mod admin;
-pub mod api;
-pub mod app;
+pub(crate) mod admin;
+pub(crate) mod api;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
+pub(crate) mod demo;
 pub mod domain;
 pub mod flags;
-pub mod middleware;
+pub(crate) mod http;
+pub mod loaders;
+pub(crate) mod middleware;
+pub mod readiness;
 pub mod seed;
+pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;

@@ -9,12 +9,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ResultExt};
-use super::extract::{AppJson, AppQuery, TaskAccess};
+use super::extract::TaskAccess;
 use super::pagination::{Page, PageParams};
-use crate::app::AppState;
-use crate::db::{self, Keyset};
+use crate::db::{self, Db, Keyset};
 use crate::domain::CommentBody as CommentText;
+use crate::http::{ApiError, AppJson, AppQuery, ResultExt};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_comment, list_comments))
@@ -80,13 +80,13 @@ impl From<db::comments::Comment> for CommentBody {
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn create_comment(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: TaskAccess,
     AppJson(body): AppJson<CreateComment>,
 ) -> Result<(StatusCode, AppJson<CommentBody>), ApiError> {
     let text = CommentText::parse(body.body).map_err(|e| ApiError::invalid("body", e))?;
     let comment = db::comments::create(
-        &state.db,
+        &db,
         Uuid::now_v7(),
         access.task_id,
         access.user_id,

@@ -1,8 +1,6 @@
-//! Extractors: how a request becomes typed, authenticated, authorized input.
+//! Extractors that authenticate and authorize: how a request becomes "this user, with
+//! this role in this project".
 //!
-//! * [`AppJson`], [`AppPath`], [`AppQuery`] wrap axum's extractors so that every rejection
-//!   (malformed JSON, unknown field, wrong type, non-UUID id) is an [`ApiError`] and thus
-//!   problem+json, never axum's plain-text default.
 //! * [`AuthUser`] authenticates: a valid bearer token, or 401.
 //! * [`ProjectAccess`] authorizes: the caller's role in the project named by the path, or
 //!   404 when they are not a member (indistinguishable from a missing project), or 403
@@ -10,176 +8,22 @@
 //!   the same for a task, through its project. Object-level authorization lives here and
 //!   nowhere else: a handler that takes `ProjectAccess<OwnerOrAdmin>` cannot run for a
 //!   plain member, and one that takes `TaskAccess` cannot run for a non-member.
+//!
+//! Each asks the state only for the part it needs (`Keyring`, `Db`), through `FromRef`.
+//! The JSON, path and query extractors are in `crate::http::extract`.
 
-use std::error::Error as _;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::extract::{FromRef, FromRequestParts, RawPathParams};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::error::ApiError;
-use crate::app::AppState;
-use crate::db;
-use crate::domain::{FieldError, Role, ValidationErrors};
-
-/// A JSON object body, with every rejection rendered as problem+json.
-///
-/// Written by hand rather than derived `via(axum::Json)` for one reason: serde's derived
-/// `Deserialize` for a struct also accepts a JSON *array* (fields by position), so `[]`
-/// would be a valid `PATCH` body meaning "change nothing". Every request body of this
-/// API is an object, and this extractor says so. The rest — content type, body limit,
-/// syntax versus data errors — is axum's own `Json` logic.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AppJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for AppJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(request.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("The body could not be read.".into())
-            }
-        })?;
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
-        if bytes.trim_ascii_start().first() != Some(&b'{') {
-            return Err(ApiError::invalid("body", "must be a JSON object"));
-        }
-        Ok(AppJson(value))
-    }
-}
-
-/// `application/json`, or any `application/*+json`, parameters aside.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-impl<T: serde::Serialize> IntoResponse for AppJson<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(e) => {
-                ApiError::Validation(ValidationErrors(vec![json_field_error(&e)]))
-            }
-            JsonRejection::JsonSyntaxError(_) => {
-                ApiError::BadRequest("The body is not well-formed JSON.".into())
-            }
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::BytesRejection(e)
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                ApiError::PayloadTooLarge
-            }
-            other => {
-                ApiError::BadRequest(format!("The body could not be read ({}).", other.status()))
-            }
-        }
-    }
-}
-
-/// The failing field's path and a client-readable message, from the serde error that
-/// axum's `Json` wraps.
-fn json_field_error(error: &(dyn std::error::Error + 'static)) -> FieldError {
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(e) = e.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
-            let path = e.path().to_string();
-            return FieldError {
-                field: if path == "." { "body".into() } else { path },
-                message: client_message(&e.inner().to_string()),
-            };
-        }
-        source = e.source();
-    }
-    FieldError {
-        field: "body".into(),
-        message: "does not match the expected shape".into(),
-    }
-}
-
-/// serde's messages are good for clients except where they name Rust types ("expected
-/// struct CreateUser") or point into the byte stream: both are trimmed here.
-fn client_message(message: &str) -> String {
-    let message = message.split(" at line ").next().unwrap_or(message);
-    let mut out = Vec::new();
-    let mut words = message.split(' ');
-    while let Some(word) = words.next() {
-        match word {
-            // "struct CreateUser" / "enum Role": skip the Rust type's name too.
-            "struct" => {
-                words.next();
-                out.push("a JSON object");
-            }
-            "enum" => {
-                words.next();
-                out.push("one of the documented values");
-            }
-            word => out.push(word),
-        }
-    }
-    out.join(" ")
-}
-
-/// `axum::extract::Path`: a path that does not parse (a non-UUID id) names no resource,
-/// so it is a 404 like any other unknown id.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct AppPath<T>(pub T);
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        match rejection {
-            PathRejection::FailedToDeserializePathParams(_) => ApiError::NotFound("resource"),
-            other => ApiError::Internal(anyhow::anyhow!("path extraction failed: {other}")),
-        }
-    }
-}
-
-/// `axum::extract::Query`, with rejections as 422.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct AppQuery<T>(pub T);
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        let message = match rejection.source() {
-            Some(e) => client_message(&e.to_string()),
-            None => "is not valid".into(),
-        };
-        ApiError::invalid("query", message)
-    }
-}
+use crate::auth::Keyring;
+use crate::db::{self, Db};
+use crate::domain::Role;
+use crate::http::ApiError;
 
 /// The authenticated caller: the user id of a valid bearer token.
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +33,7 @@ pub struct AuthUser {
 
 impl<S> FromRequestParts<S> for AuthUser
 where
-    AppState: FromRef<S>,
+    Arc<Keyring>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -199,7 +43,6 @@ where
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(*user);
         }
-        let state = AppState::from_ref(state);
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -217,7 +60,7 @@ where
             .ok_or(ApiError::Unauthorized {
                 invalid_token: true,
             })?;
-        let id = state.tokens.verify(token).map_err(|e| {
+        let id = Arc::<Keyring>::from_ref(state).verify(token).map_err(|e| {
             tracing::debug!(error = %e, "bearer token refused");
             ApiError::Unauthorized {
                 invalid_token: true,
@@ -272,7 +115,8 @@ pub struct ProjectAccess<R: RoleRequirement = AnyMember> {
 
 impl<S, R> FromRequestParts<S> for ProjectAccess<R>
 where
-    AppState: FromRef<S>,
+    Arc<Keyring>: FromRef<S>,
+    Db: FromRef<S>,
     S: Send + Sync,
     R: RoleRequirement,
 {
@@ -282,8 +126,7 @@ where
         const NOT_FOUND: ApiError = ApiError::NotFound("project");
         let user = AuthUser::from_request_parts(parts, state).await?;
         let project_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
-        let state = AppState::from_ref(state);
-        let role = db::members::role_of(&state.db, project_id, user.id)
+        let role = db::members::role_of(&Db::from_ref(state), project_id, user.id)
             .await?
             .ok_or(NOT_FOUND)?;
         if role < R::MIN {
@@ -312,18 +155,19 @@ async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Option<
 /// The caller's access to the task named by the path (`/v1/tasks/{id}…`): 404 when the
 /// task does not exist or the caller is not a member of its project — one query, and
 /// the same answer in both cases. Any member may read, change and comment on a task.
-/// The query returns the task too, as it was when access was checked.
+/// The query returns the task too, as it was when access was checked (its project is
+/// `task.project_id`). The caller's role is not kept: every member may do everything to
+/// a task.
 pub struct TaskAccess {
     pub task_id: Uuid,
-    pub project_id: Uuid,
     pub user_id: Uuid,
-    pub role: Role,
     pub task: db::tasks::Task,
 }
 
 impl<S> FromRequestParts<S> for TaskAccess
 where
-    AppState: FromRef<S>,
+    Arc<Keyring>: FromRef<S>,
+    Db: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -332,15 +176,12 @@ where
         const NOT_FOUND: ApiError = ApiError::NotFound("task");
         let user = AuthUser::from_request_parts(parts, state).await?;
         let task_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
-        let state = AppState::from_ref(state);
-        let (task, role) = db::tasks::access(&state.db, task_id, user.id)
+        let (task, _role) = db::tasks::access(&Db::from_ref(state), task_id, user.id)
             .await?
             .ok_or(NOT_FOUND)?;
         Ok(Self {
             task_id,
-            project_id: task.project_id,
             user_id: user.id,
-            role,
             task,
         })
     }
@@ -363,22 +204,5 @@ pub fn not_null<T>(field: Option<Option<T>>) -> Result<Option<T>, String> {
         None => Ok(None),
         Some(None) => Err("must not be null".into()),
         Some(Some(value)) => Ok(Some(value)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::client_message;
-
-    #[test]
-    fn serde_messages_lose_rust_type_names_and_positions() {
-        assert_eq!(
-            client_message("invalid type: sequence, expected struct CreateUser at line 1 column 2"),
-            "invalid type: sequence, expected a JSON object"
-        );
-        assert_eq!(
-            client_message("unknown field `admin`, expected one of `email`, `name`"),
-            "unknown field `admin`, expected one of `email`, `name`"
-        );
     }
 }

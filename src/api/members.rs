@@ -14,11 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ResultExt};
-use super::extract::{AnyMember, AppJson, AppPath, OwnerOrAdmin, ProjectAccess};
-use crate::app::AppState;
-use crate::db::{self, Traced};
+use super::extract::{AnyMember, OwnerOrAdmin, ProjectAccess};
+use crate::db::{self, Db};
 use crate::domain::{Email, Role};
+use crate::http::{ApiError, AppJson, AppPath, ResultExt};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -123,10 +123,10 @@ impl From<db::members::Member> for MemberBody {
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn list_members(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<AnyMember>,
 ) -> Result<AppJson<MemberList>, ApiError> {
-    let members = db::members::list(&state.db, access.project_id).await?;
+    let members = db::members::list(&db, access.project_id).await?;
     Ok(AppJson(MemberList {
         items: members.into_iter().map(MemberBody::from).collect(),
     }))
@@ -149,15 +149,15 @@ async fn list_members(
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn add_member(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<AddMember>,
 ) -> Result<(StatusCode, AppJson<MemberBody>), ApiError> {
     let email = Email::parse(body.email).map_err(|e| ApiError::invalid("email", e))?;
-    let user = db::users::find_by_email(&state.db, email.as_str())
+    let user = db::users::find_by_email(&db, email.as_str())
         .await?
         .ok_or(ApiError::NotFound("user with that email"))?;
-    let member = db::members::add(&state.db, access.project_id, user.id, body.role.into())
+    let member = db::members::add(&db, access.project_id, user.id, body.role.into())
         .await
         .on_constraint(db::members::MEMBERS_PKEY, || ApiError::Conflict {
             slug: "already-member",
@@ -195,7 +195,7 @@ pub struct MemberPath {
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id, target = %path.user_id))]
 async fn remove_member(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<AnyMember>,
     AppPath(path): AppPath<MemberPath>,
 ) -> Result<StatusCode, ApiError> {
@@ -206,10 +206,10 @@ async fn remove_member(
             "Only the project's owners and admins may remove other members.",
         ));
     }
-    let mut tx = state.db.begin().await?;
+    let mut tx = db.begin().await?;
     // Lock the owner rows first: the last-owner check below must not race another removal.
-    let owners = db::members::lock_owners(Traced(&mut tx), access.project_id).await?;
-    let target_role = db::members::role_of(Traced(&mut tx), access.project_id, target)
+    let owners = db::members::lock_owners(tx.exec(), access.project_id).await?;
+    let target_role = db::members::role_of(tx.exec(), access.project_id, target)
         .await?
         .ok_or(ApiError::NotFound("member"))?;
     if !removing_self && !access.role.may_remove_other(target_role) {
@@ -222,7 +222,7 @@ async fn remove_member(
                 .into(),
         });
     }
-    db::members::remove(Traced(&mut tx), access.project_id, target).await?;
+    db::members::remove(tx.exec(), access.project_id, target).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

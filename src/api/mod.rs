@@ -10,9 +10,12 @@
 //! trace would add a span per request — measured as a large share of trace-export cost —
 //! and no information. The admin endpoints are *not* here: they live on their own listener
 //! (`crate::admin`), so the public one answers 404 for them.
+//!
+//! The error type and the JSON, path and query extractors are shared with the admin
+//! listener (`crate::http`); the middleware around the routes is applied by the assembly
+//! (`crate::server`).
 
 pub mod comments;
-pub mod error;
 pub mod extract;
 pub mod members;
 pub mod openapi;
@@ -25,10 +28,8 @@ pub mod users;
 use axum::Router;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_swagger_ui::SwaggerUi;
 
-use crate::app::AppState;
-use crate::middleware;
+use crate::state::AppState;
 
 /// The OpenAPI document and the routes it describes.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
@@ -42,22 +43,4 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts();
     openapi::add_common_responses(&mut document);
     (routes, document)
-}
-
-/// The public listener's whole service: the API, `GET /openapi.json`, `GET /docs`
-/// (Swagger UI, served from the binary: it works offline), wrapped in the middleware
-/// stack.
-pub fn router(state: AppState) -> Router {
-    let (routes, document) = routes();
-    let app = routes
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
-        .fallback(middleware::errors::not_found)
-        .with_state(state.clone());
-    let metrics = state.metrics.is_some();
-    middleware::basic_stack(
-        app,
-        &state.config.http,
-        middleware::Listener::Public,
-        metrics,
-    )
 }

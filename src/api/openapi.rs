@@ -22,7 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::error::{PROBLEM_JSON, Problem, ProblemField};
+use crate::http::problem::{PROBLEM_JSON, Problem, ProblemField};
 
 /// The name of the bearer-token security scheme.
 pub const BEARER: &str = "bearer";

@@ -13,15 +13,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::ApiError;
-use super::extract::{
-    AnyMember, AppJson, AppQuery, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null,
-};
+use super::extract::{AnyMember, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null};
 use super::pagination::{Page, PageParams};
-use crate::app::AppState;
 use crate::db::projects::ProjectChanges;
-use crate::db::{self, Keyset};
+use crate::db::{self, Db, Keyset};
 use crate::domain::{ProjectDescription, ProjectName, validate};
+use crate::http::{ApiError, AppJson, AppQuery};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -92,7 +90,7 @@ impl From<db::projects::Project> for ProjectBody {
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
 async fn create_project(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     user: AuthUser,
     AppJson(body): AppJson<CreateProject>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -104,7 +102,7 @@ async fn create_project(
         ),
     ))?;
     let project = db::projects::create(
-        &state.db,
+        &db,
         Uuid::now_v7(),
         name.as_str(),
         description.as_ref().map(ProjectDescription::as_str),
@@ -163,10 +161,10 @@ async fn list_projects(
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn get_project(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<AnyMember>,
 ) -> Result<AppJson<ProjectBody>, ApiError> {
-    let project = db::projects::find(&state.db, access.project_id)
+    let project = db::projects::find(&db, access.project_id)
         .await?
         .ok_or(ApiError::NotFound("project"))?;
     Ok(AppJson(project.into()))
@@ -188,7 +186,7 @@ async fn get_project(
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn update_project(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<AppJson<ProjectBody>, ApiError> {
@@ -204,7 +202,7 @@ async fn update_project(
             .as_ref()
             .map(|d| d.as_ref().map(ProjectDescription::as_str)),
     };
-    let project = db::projects::update(&state.db, access.project_id, changes)
+    let project = db::projects::update(&db, access.project_id, changes)
         .await?
         .ok_or(ApiError::NotFound("project"))?;
     Ok(AppJson(project.into()))
@@ -225,10 +223,10 @@ async fn update_project(
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn delete_project(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     access: ProjectAccess<OwnerOnly>,
 ) -> Result<StatusCode, ApiError> {
-    if db::projects::delete(&state.db, access.project_id).await? {
+    if db::projects::delete(&db, access.project_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("project"))

@@ -2,7 +2,7 @@
 //!
 //! Any member of a project may create, read, change and delete its tasks; everyone else
 //! gets 404 (`ProjectAccess`, `TaskAccess`). A page of tasks embeds each assignee and
-//! comment count in a fixed number of round trips (`db::tasks::with_details`), unless the
+//! comment count in a fixed number of round trips (`crate::loaders`), unless the
 //! `batch_loading` fix flag is off.
 
 use axum::extract::State;
@@ -15,16 +15,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, AsDatabaseError};
-use super::extract::{
-    AnyMember, AppJson, AppQuery, AuthUser, ProjectAccess, TaskAccess, not_null, present,
-};
-use super::pagination::{Page, PageParams};
-use crate::app::AppState;
-use crate::db::tasks::{Loading, NewTask, TaskChanges, TaskDetails, TaskFilter};
-use crate::db::{self, Keyset};
+use super::extract::{AnyMember, AuthUser, ProjectAccess, TaskAccess, not_null, present};
+use super::pagination::{Page, PageParams, PageRequest};
+use crate::db::tasks::{NewTask, Task, TaskChanges, TaskFilter};
+use crate::db::{self, Db, Keyset};
 use crate::domain::{TaskDescription, TaskStatus, TaskTitle, validate};
-use crate::flags::Flag;
+use crate::http::{ApiError, AppJson, AppQuery, AsDatabaseError};
+use crate::loaders::{Loaders, TaskDetails};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -202,33 +200,20 @@ fn task_write_error(e: sqlx::Error) -> ApiError {
     }
 }
 
-/// The `batch_loading` fix flag, as a loading strategy.
-fn loading(state: &AppState) -> Loading {
-    if state.flags.enabled(Flag::BatchLoading) {
-        Loading::Batched
-    } else {
-        Loading::PerRow
-    }
-}
-
 /// One task with its details, as a response body.
-async fn task_body(state: &AppState, task: db::tasks::Task) -> Result<TaskBody, ApiError> {
-    let details = db::tasks::with_details(&state.db, vec![task], loading(state)).await?;
-    details
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a loaded task lost its details")))?
-        .try_into()
+async fn task_body(loaders: &Loaders, task: Task) -> Result<TaskBody, ApiError> {
+    loaders.task_with_details(task).await?.try_into()
 }
 
-/// A page of tasks with their details, as a response body.
+/// A page of tasks with their details, as a response body. The loaders choose how the
+/// details are loaded (batched, or per row with the `batch_loading` fix off).
 async fn task_page(
-    state: &AppState,
-    request: &super::pagination::PageRequest,
-    rows: Vec<db::tasks::Task>,
+    loaders: &Loaders,
+    request: &PageRequest,
+    rows: Vec<Task>,
 ) -> Result<Page<TaskBody>, ApiError> {
-    let page = request.page(rows, db::tasks::Task::keyset, |task| task);
-    let details = db::tasks::with_details(&state.db, page.items, loading(state)).await?;
+    let page = request.page(rows, Task::keyset, |task| task);
+    let details = loaders.tasks_with_details(page.items).await?;
     Ok(Page {
         items: details
             .into_iter()
@@ -277,7 +262,7 @@ async fn create_task(
         .await
         .map_err(task_write_error)?;
     let location = format!("/v1/tasks/{}", task.id);
-    let body = task_body(&state, task).await?;
+    let body = task_body(&state.loaders, task).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -333,7 +318,7 @@ async fn list_project_tasks(
         request.fetch_limit(),
     )
     .await?;
-    Ok(AppJson(task_page(&state, &request, rows).await?))
+    Ok(AppJson(task_page(&state.loaders, &request, rows).await?))
 }
 
 /// The tasks assigned to the caller, across their projects, newest first.
@@ -367,7 +352,7 @@ async fn list_my_tasks(
         request.fetch_limit(),
     )
     .await?;
-    Ok(AppJson(task_page(&state, &request, rows).await?))
+    Ok(AppJson(task_page(&state.loaders, &request, rows).await?))
 }
 
 /// A task.
@@ -384,11 +369,11 @@ async fn list_my_tasks(
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn get_task(
-    State(state): State<AppState>,
+    State(loaders): State<Loaders>,
     access: TaskAccess,
 ) -> Result<AppJson<TaskBody>, ApiError> {
     // The access check already read the row.
-    Ok(AppJson(task_body(&state, access.task).await?))
+    Ok(AppJson(task_body(&loaders, access.task).await?))
 }
 
 /// Change a task.
@@ -445,7 +430,7 @@ async fn update_task(
         .await
         .map_err(task_write_error)?
         .ok_or(ApiError::NotFound("task"))?;
-    Ok(AppJson(task_body(&state, task).await?))
+    Ok(AppJson(task_body(&state.loaders, task).await?))
 }
 
 /// Delete a task and its comments.
@@ -461,11 +446,8 @@ async fn update_task(
     ),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
-async fn delete_task(
-    State(state): State<AppState>,
-    access: TaskAccess,
-) -> Result<StatusCode, ApiError> {
-    if db::tasks::delete(&state.db, access.task_id).await? {
+async fn delete_task(State(db): State<Db>, access: TaskAccess) -> Result<StatusCode, ApiError> {
+    if db::tasks::delete(&db, access.task_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("task"))

@@ -9,11 +9,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::ApiError;
-use super::extract::AppJson;
-use crate::app::AppState;
 use crate::db;
 use crate::domain::{Email, Password};
+use crate::http::{ApiError, AppJson};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(issue_token))

@@ -10,11 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, ResultExt};
-use super::extract::{AppJson, AuthUser};
-use crate::app::AppState;
-use crate::db;
+use super::extract::AuthUser;
+use crate::db::{self, Db};
 use crate::domain::{Email, Password, UserName, validate};
+use crate::http::{ApiError, AppJson, ResultExt};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -106,9 +106,9 @@ async fn create_user(
     responses((status = 200, description = "The caller", body = UserBody)),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
-async fn me(State(state): State<AppState>, user: AuthUser) -> Result<AppJson<UserBody>, ApiError> {
+async fn me(State(db): State<Db>, user: AuthUser) -> Result<AppJson<UserBody>, ApiError> {
     // A valid token for a user that no longer exists authenticates no one.
-    let user = db::users::find(&state.db, user.id)
+    let user = db::users::find(&db, user.id)
         .await?
         .ok_or(ApiError::Unauthorized {
             invalid_token: true,

@@ -79,3 +79,36 @@ pub async fn list_for_task(
     .fetch_all(db)
     .await
 }
+
+/// The number of comments of each of these tasks that has any, in one statement (an
+/// index-only scan of `comments_task_created_idx`).
+///
+/// Comment counts are counted when read, not kept in a counter column: a count is exact
+/// under any mix of concurrent comment inserts and deletes (one statement, one snapshot)
+/// and leaves no hot row that every comment would have to lock.
+pub async fn counts(
+    db: impl PgExecutor<'_>,
+    task_ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select task_id, count(*) as "count!" from comments
+           where task_id = any($1) group by task_id"#,
+        task_ids
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.task_id, row.count))
+        .collect())
+}
+
+/// One task's number of comments (the per-row loader's statement).
+pub async fn count(db: impl PgExecutor<'_>, task_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from comments where task_id = $1"#,
+        task_id
+    )
+    .fetch_one(db)
+    .await
+}

@@ -1,8 +1,9 @@
 //! [`Db`]: the pool as every repository sees it, instrumented in one place.
 //!
-//! Repositories take any `PgExecutor`; the service hands them a `&Db` (or, inside a
-//! transaction, a [`Traced`] connection). For each statement, whatever repository sends
-//! it, this module
+//! Repositories take any `PgExecutor`; the service hands them a `&Db`, or, inside a
+//! transaction, the [`Traced`] executor of a [`Tx`]. A `Tx` hands out nothing else — no
+//! raw connection — so no statement of a transaction can escape the spans and metrics
+//! below. For each statement, whatever repository sends it, this module
 //!
 //! * opens a client span named by the statement's summary (`SELECT tasks`, `INSERT
 //!   comments`): low-cardinality, never a bound value. (Not the SQL text either: the
@@ -54,12 +55,12 @@ impl Db {
         &self.pool
     }
 
-    /// Begins a transaction; its statements go through [`Traced`].
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    /// Begins a transaction; its statements go through [`Tx::exec`].
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let waiting = Waiting::start();
         let tx = self.pool.begin().await;
         waiting.done();
-        tx
+        Ok(Tx(tx?))
     }
 
     pub async fn close(&self) {
@@ -67,9 +68,26 @@ impl Db {
     }
 }
 
-/// A connection (a transaction's) whose statements are traced like [`Db`]'s.
+/// A transaction whose every statement is traced and measured like [`Db`]'s: the only
+/// executor it hands out is [`Traced`]. Dropped without [`Tx::commit`], it rolls back.
 #[derive(Debug)]
-pub struct Traced<'c>(pub &'c mut PgConnection);
+pub struct Tx(Transaction<'static, Postgres>);
+
+impl Tx {
+    /// The executor for the transaction's next statement.
+    pub fn exec(&mut self) -> Traced<'_> {
+        Traced(&mut self.0)
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.0.commit().await
+    }
+}
+
+/// A transaction's connection, whose statements are traced like [`Db`]'s. Only a [`Tx`]
+/// makes one.
+#[derive(Debug)]
+pub struct Traced<'c>(&'c mut PgConnection);
 
 /// A statement taken apart, so that it can be summarised before it runs.
 struct Statement {

@@ -1,10 +1,17 @@
 //! PostgreSQL: the pool, the embedded migrations, and one repository module per aggregate.
 //!
 //! Repositories are plain async functions over a `PgExecutor` (the service passes a `&Db`,
-//! which traces and measures every statement — see [`executor`]), one SQL statement each, written with sqlx's checked macros so that a typo
-//! or a type mismatch fails the build (the `.sqlx/` directory holds the checked metadata for
-//! offline builds). They return `sqlx::Error`; the HTTP layer decides what a constraint
-//! violation means to a client (`api::error::ResultExt::on_constraint`).
+//! or inside a transaction the [`Traced`] executor its [`Tx`] hands out — both trace and
+//! measure every statement, see [`executor`]), one SQL statement each, written with sqlx's
+//! checked macros so that a typo or a type mismatch fails the build (the `.sqlx/` directory
+//! holds the checked metadata for offline builds). Composing statements — a page of tasks
+//! with its assignees and comment counts — is the loading layer's job (`crate::loaders`),
+//! not a repository's.
+//!
+//! Repositories return `sqlx::Error`; the HTTP layer decides what a constraint violation
+//! means to a client (`on_constraint`), and [`is_unavailable`] tells "Postgres cannot
+//! serve now" from "this request is wrong", for every caller that has to know: the error
+//! responses (503), readiness, and later the breakers and the cache's fallback.
 
 pub mod comments;
 pub mod executor;
@@ -23,7 +30,7 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-pub use executor::{Db, Traced};
+pub use executor::{Db, Traced, Tx};
 
 /// A position in a list ordered by `(created_at, id)`: where the next page starts.
 ///
@@ -121,4 +128,47 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
         .fetch_one(pool)
         .await
         .map(|_| ())
+}
+
+/// Whether an error means "Postgres cannot serve this now" (the client may retry, and
+/// readiness reports it) rather than "this request is wrong" or a bug: the connection
+/// could not be made or was lost, the pool is exhausted, or the server refused for load
+/// or shutdown (SQLSTATE classes 08, 53300, 57P01-57P03) or cancelled the statement on
+/// its deadline (57014).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "53300" | "57P01" | "57P02" | "57P03" | "57014"
+                )
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unavailable;
+
+    #[test]
+    fn a_lost_connection_or_an_exhausted_pool_is_unavailable_and_a_bug_is_not() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Protocol("unexpected response from SSLRequest".into()),
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert!(is_unavailable(&e), "{e}");
+        }
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::ColumnNotFound("x".into())));
+    }
 }

@@ -1,33 +1,12 @@
-//! Tasks, and the page of tasks with its assignees and comment counts.
-//!
-//! # Loading a page: a fixed number of round trips
-//!
-//! A task in a response embeds its assignee and its comment count. The page itself is one
-//! index range scan ([`list_for_project`], [`list_for_assignee`]); then [`with_details`]
-//! loads what the rows point at:
-//!
-//! * **batched** (the fix): one `= any($1)` query for the page's distinct assignees and one
-//!   grouped count over the page's task ids — two statements whatever the page size;
-//! * **per row** (the naive path, `batch_loading` off): a user query and a count query for
-//!   each task, so a page of 100 costs 200 extra round trips — the N+1 of the case study.
-//!
-//! Batched loads rather than one join with a lateral count: the page query stays a pure
-//! index range scan (the EXPLAIN tests hold it to that), a page with three assignees loads
-//! three users rather than a hundred joined copies, and the loaders are by-id lookups that
-//! the cache chapter can put Redis in front of without touching the page query.
-//!
-//! Comment counts are counted when read, not kept in a counter column: a count is exact
-//! under any mix of concurrent comment inserts and deletes (one statement, one snapshot),
-//! costs an index-only scan of `comments_task_created_idx`, and leaves no hot row that
-//! every comment would have to lock.
-
-use std::collections::HashMap;
+//! Tasks: one statement per function. A page of tasks is one index range scan
+//! ([`list_for_project`], [`list_for_assignee`]); what each task embeds (assignee, comment
+//! count) is loaded by `crate::loaders`, in a fixed number of round trips.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Db, Keyset};
+use super::Keyset;
 use crate::domain::{Role, TaskStatus};
 
 /// The foreign key that makes "the assignee is a member of the task's project" a database
@@ -57,22 +36,6 @@ impl Task {
             id: self.id,
         }
     }
-}
-
-/// A user as embedded in a task.
-#[derive(Debug, Clone)]
-pub struct UserSummary {
-    pub id: Uuid,
-    pub name: String,
-    pub email: String,
-}
-
-/// A task with what it embeds.
-#[derive(Debug, Clone)]
-pub struct TaskDetails {
-    pub task: Task,
-    pub assignee: Option<UserSummary>,
-    pub comment_count: i64,
 }
 
 /// The columns of [`Task`], for the queries built at run time.
@@ -269,121 +232,4 @@ fn push_page(query: &mut QueryBuilder<Postgres>, after: Keyset, limit: i64) {
         .push_bind(after.id)
         .push(") order by created_at desc, id desc limit ")
         .push_bind(limit);
-}
-
-/// How [`with_details`] loads what a page of tasks embeds (the `batch_loading` flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Loading {
-    /// Two statements for the whole page.
-    Batched,
-    /// Two statements per task: the N+1 the workshop shows.
-    PerRow,
-}
-
-/// Attaches each task's assignee and comment count.
-pub async fn with_details(
-    db: &Db,
-    tasks: Vec<Task>,
-    loading: Loading,
-) -> Result<Vec<TaskDetails>, sqlx::Error> {
-    let (users, counts) = match loading {
-        Loading::Batched => load_batched(db, &tasks).await?,
-        Loading::PerRow => load_per_row(db, &tasks).await?,
-    };
-    Ok(tasks
-        .into_iter()
-        .map(|task| TaskDetails {
-            assignee: task.assignee_id.and_then(|id| users.get(&id).cloned()),
-            comment_count: counts.get(&task.id).copied().unwrap_or(0),
-            task,
-        })
-        .collect())
-}
-
-type Loaded = (HashMap<Uuid, UserSummary>, HashMap<Uuid, i64>);
-
-/// The fix: one query for the distinct assignees, one for all the counts.
-async fn load_batched(db: &Db, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
-    let mut assignee_ids: Vec<Uuid> = tasks.iter().filter_map(|t| t.assignee_id).collect();
-    assignee_ids.sort_unstable();
-    assignee_ids.dedup();
-    let task_ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
-    let users = if assignee_ids.is_empty() {
-        Vec::new()
-    } else {
-        users_by_id(db, &assignee_ids).await?
-    };
-    let counts = if task_ids.is_empty() {
-        Vec::new()
-    } else {
-        comment_counts(db, &task_ids).await?
-    };
-    Ok((
-        users.into_iter().map(|u| (u.id, u)).collect(),
-        counts.into_iter().collect(),
-    ))
-}
-
-/// The users with these ids, in one statement (primary-key lookups).
-pub async fn users_by_id(
-    db: impl PgExecutor<'_>,
-    ids: &[Uuid],
-) -> Result<Vec<UserSummary>, sqlx::Error> {
-    sqlx::query_as!(
-        UserSummary,
-        "select id, name, email from users where id = any($1)",
-        ids
-    )
-    .fetch_all(db)
-    .await
-}
-
-/// The number of comments of each of these tasks that has any, in one statement (an
-/// index-only scan of `comments_task_created_idx`).
-pub async fn comment_counts(
-    db: impl PgExecutor<'_>,
-    task_ids: &[Uuid],
-) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select task_id, count(*) as "count!" from comments
-           where task_id = any($1) group by task_id"#,
-        task_ids
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.task_id, row.count))
-        .collect())
-}
-
-// naive: the N+1 the workshop shows. Each task costs a user query (when assigned) and a
-// count query, one round trip each, one after the other. Kept beside the fix so that the
-// `batch_loading` flag can switch between them; a template user deletes this function
-// and the `Loading::PerRow` variant.
-async fn load_per_row(db: &Db, tasks: &[Task]) -> Result<Loaded, sqlx::Error> {
-    let mut users = HashMap::new();
-    let mut counts = HashMap::new();
-    for task in tasks {
-        if let Some(assignee_id) = task.assignee_id {
-            let user = sqlx::query_as!(
-                UserSummary,
-                "select id, name, email from users where id = $1",
-                assignee_id
-            )
-            .fetch_optional(db)
-            .await?;
-            if let Some(user) = user {
-                users.insert(user.id, user);
-            }
-        }
-        let count = sqlx::query_scalar!(
-            r#"select count(*) as "count!" from comments where task_id = $1"#,
-            task.id
-        )
-        .fetch_one(db)
-        .await?;
-        counts.insert(task.id, count);
-    }
-    Ok((users, counts))
 }

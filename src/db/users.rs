@@ -13,6 +13,14 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// A user as embedded in a task: the cache-friendly by-id shape of the loading layer.
+#[derive(Debug, Clone)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+}
+
 /// What a login needs: the id and the stored hash.
 pub struct Credentials {
     pub id: Uuid,
@@ -84,4 +92,32 @@ pub async fn any(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(r#"select exists (select 1 from users) as "exists!""#)
         .fetch_one(db)
         .await
+}
+
+/// The users with these ids, in one statement (primary-key lookups).
+pub async fn summaries(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<UserSummary>, sqlx::Error> {
+    sqlx::query_as!(
+        UserSummary,
+        "select id, name, email from users where id = any($1)",
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One user, by id (the per-row loader's statement).
+pub async fn summary(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<UserSummary>, sqlx::Error> {
+    sqlx::query_as!(
+        UserSummary,
+        "select id, name, email from users where id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await
 }

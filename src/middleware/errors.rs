@@ -9,9 +9,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::request_id::X_REQUEST_ID;
-use crate::api::error::{InternalErrorReport, PROBLEM_JSON, Problem};
+use crate::http::problem::{ErrorReport, PROBLEM_JSON, Problem};
 
-/// Logs the cause of a 500 (attached by `ApiError::Internal`) with the request id, and
+/// Logs the cause of a 5xx (attached by `ApiError`: ERROR for a 500, WARN for a 503 —
+/// a dependency that cannot serve now is a degradation, not a bug) with the request id,
+/// and
 /// gives any bare error response a problem+json body — the router's 405, tower-http's
 /// 413, whatever a layer produces — keeping its headers (`Allow`, `Retry-After`, …).
 ///
@@ -31,15 +33,26 @@ pub async fn finish(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    if let Some(InternalErrorReport(cause)) = response.extensions().get::<InternalErrorReport>() {
+    if let Some(ErrorReport(cause)) = response.extensions().get::<ErrorReport>() {
         // `{:#}` prints the whole cause chain on one line: "database error: …: …".
-        tracing::error!(
-            request_id,
-            http.method = %method,
-            http.route = route,
-            error.cause_chain = %format_args!("{cause:#}"),
-            "request failed"
-        );
+        let cause = format_args!("{cause:#}");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(
+                request_id,
+                http.method = %method,
+                http.route = route,
+                error.cause_chain = %cause,
+                "request failed: dependency unavailable"
+            );
+        } else {
+            tracing::error!(
+                request_id,
+                http.method = %method,
+                http.route = route,
+                error.cause_chain = %cause,
+                "request failed"
+            );
+        }
     }
     let status = response.status();
     // Bare means no body type, or plain text (what axum's fallbacks and tower-http's
@@ -70,9 +83,4 @@ pub fn panic_to_problem(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or("(no message)");
     tracing::error!(panic.message = message, "handler panicked");
     Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR).into_response()
-}
-
-/// The fallback of both routers: a 404 problem.
-pub async fn not_found() -> Response {
-    Problem::for_status(StatusCode::NOT_FOUND).into_response()
 }

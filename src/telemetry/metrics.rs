@@ -22,9 +22,6 @@ use metrics::{Unit, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::flags::Flag;
-
 /// Every metric name, in one place.
 pub mod names {
     pub const HTTP_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
@@ -118,22 +115,32 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
 }
 
-/// The exposition: gauges that are cheaper to read than to track (pool, flags) are set
-/// now, then everything is rendered.
-pub fn render(state: &AppState, handle: &PrometheusHandle) -> String {
+/// What a scrape reads from the running service, handed over by value: this module
+/// names and renders series, and knows nothing of the state that produces them.
+pub struct Scrape<'a> {
+    pub pool: PoolStats,
+    /// Every fix flag this build knows, and whether it is on.
+    pub flags: &'a [(&'static str, bool)],
+}
+
+/// The Postgres pool at scrape time.
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
+/// The exposition: gauges that are cheaper to read than to track (pool, flags, in-flight
+/// counts) are set now, then everything is rendered.
+pub fn render(handle: &PrometheusHandle, scrape: &Scrape<'_>) -> String {
     use names::*;
-    let pool = state.db.pool();
-    let size = f64::from(pool.size());
-    let idle = pool.num_idle() as f64;
+    let PoolStats { size, idle, max } = scrape.pool;
+    let idle = idle as f64;
     gauge!(DB_CONNECTION_COUNT, "db_client_connection_state" => "idle").set(idle);
-    gauge!(DB_CONNECTION_COUNT, "db_client_connection_state" => "used").set(size - idle);
-    gauge!(DB_CONNECTION_MAX).set(f64::from(state.config.database.max_connections));
-    for flag in Flag::ALL {
-        gauge!(FIX_FLAG_ENABLED, "flag" => flag.name()).set(if state.flags.enabled(flag) {
-            1.0
-        } else {
-            0.0
-        });
+    gauge!(DB_CONNECTION_COUNT, "db_client_connection_state" => "used").set(f64::from(size) - idle);
+    gauge!(DB_CONNECTION_MAX).set(f64::from(max));
+    for &(flag, enabled) in scrape.flags {
+        gauge!(FIX_FLAG_ENABLED, "flag" => flag).set(if enabled { 1.0 } else { 0.0 });
     }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(HTTP_ACTIVE_REQUESTS).set(HTTP_IN_FLIGHT.load(Ordering::Relaxed) as f64);

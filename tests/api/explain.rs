@@ -349,20 +349,28 @@ async fn every_list_query_is_an_index_range_scan_on_200_000_tasks() {
     // The members list is not paginated: the whole list is the page.
     db::members::list(&mut explain, project).await.unwrap();
     expected.push((100.0, false));
-    // What a page embeds, and the authorization checks in front of every request.
-    db::tasks::users_by_id(&mut explain, &user_ids)
-        .await
-        .unwrap();
-    db::tasks::comment_counts(&mut explain, &task_ids)
-        .await
-        .unwrap();
+    // What a page embeds (batched, and per row with batch_loading off), and the
+    // authorization checks in front of every request.
+    db::users::summaries(&mut explain, &user_ids).await.unwrap();
+    db::comments::counts(&mut explain, &task_ids).await.unwrap();
+    db::users::summary(&mut explain, owner).await.unwrap();
+    // `fetch_one` finds no row in an executor that only explains; the plan is recorded.
+    let counted = db::comments::count(&mut explain, commented).await;
+    assert!(matches!(counted, Err(sqlx::Error::RowNotFound)), "{counted:?}");
     db::members::role_of(&mut explain, project, owner)
         .await
         .unwrap();
     db::tasks::access(&mut explain, task_ids[0], owner)
         .await
         .unwrap();
-    expected.extend([(100.0, false), (100.0, false), (1.0, false), (1.0, false)]);
+    expected.extend([
+        (100.0, false),
+        (100.0, false),
+        (1.0, false),
+        (1.0, false),
+        (1.0, false),
+        (1.0, false),
+    ]);
 
     assert_eq!(
         explain.plans.len(),

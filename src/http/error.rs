@@ -1,26 +1,20 @@
-//! [`ApiError`]: the one error type every handler returns, rendered as problem+json
-//! (RFC 9457).
+//! [`ApiError`]: the one error type of the HTTP layer, rendered as problem+json
+//! ([`super::problem`]).
 //!
 //! Each variant says which status it becomes, so a reader of a handler knows its responses
-//! from its `?`s. Problem `type`s are stable URNs (`urn:keel:problem:<slug>`) that clients may
-//! match on; `title` is the same for every instance of a type, `detail` explains this one.
-//!
-//! Nothing internal reaches a body: a 5xx says only that something failed, and the cause
-//! chain is attached to the response's extensions, where `middleware::errors` logs it with
-//! the request id (the axum `error-handling` example's pattern: the conversion stays pure,
-//! logging happens once, in one place).
+//! from its `?`s. Converting an error into a response has no side effects: the cause of a
+//! 5xx is attached to the response's extensions ([`ErrorReport`]), and
+//! `middleware::errors` logs it once, with the request id.
 
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
+use super::problem::{ErrorReport, Problem, ProblemField};
 use crate::auth::HashError;
+use crate::db;
 use crate::domain::ValidationErrors;
-
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,95 +44,18 @@ pub enum ApiError {
     #[error("validation failed: {0}")]
     Validation(#[from] ValidationErrors),
     /// 503: a dependency or a bounded resource is saturated or down; try again later.
+    /// `cause`, when there is one, is logged (at WARN: the service is degraded, not
+    /// broken), never sent.
     #[error("service unavailable: {detail}")]
     Unavailable {
         detail: &'static str,
         retry_after_secs: u32,
+        cause: Option<anyhow::Error>,
     },
     /// 500: anything else. The cause is logged, never sent.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
-
-/// A problem+json body.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Problem)]
-pub struct Problem {
-    /// A URI identifying the problem type: `urn:keel:problem:<slug>`, or `about:blank`
-    /// when the status code says it all.
-    #[serde(rename = "type")]
-    #[schema(example = "urn:keel:problem:validation-failed")]
-    pub problem_type: String,
-    /// A short summary of the problem type.
-    #[schema(example = "Validation failed")]
-    pub title: String,
-    /// The HTTP status code.
-    #[schema(example = 422, minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong in this occurrence.
-    #[schema(example = "1 field is invalid")]
-    pub detail: String,
-    /// On 422: each field that failed, and why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ProblemField>,
-}
-
-/// One invalid field of a 422.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProblemField {
-    /// The field, as a path into the request (`name`, `items[2].title`), or the query
-    /// parameter's name.
-    #[schema(example = "name")]
-    pub field: String,
-    #[schema(example = "must not be empty")]
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(
-        status: StatusCode,
-        slug: Option<&str>,
-        title: &str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
-            problem_type: slug
-                .map_or_else(|| "about:blank".into(), |s| format!("urn:keel:problem:{s}")),
-            title: title.into(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            errors: Vec::new(),
-        }
-    }
-
-    /// The generic problem for a status, for errors produced outside the handlers
-    /// (router fallbacks, tower layers).
-    pub fn for_status(status: StatusCode) -> Self {
-        let title = status.canonical_reason().unwrap_or("Error");
-        let detail = match status {
-            StatusCode::NOT_FOUND => "No resource at this path.".to_string(),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                "This path does not support this method; see the Allow header.".into()
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => "The request body is too large.".into(),
-            s if s.is_server_error() => "The server could not complete the request.".into(),
-            _ => format!("{title}."),
-        };
-        Self::new(status, None, title, detail)
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
-    }
-}
-
-/// The cause of a 500, carried in the response extensions to the logging middleware.
-#[derive(Clone)]
-pub struct InternalErrorReport(pub Arc<anyhow::Error>);
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -247,10 +164,14 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        if let Self::Internal(cause) = self {
+        if let Self::Internal(cause)
+        | Self::Unavailable {
+            cause: Some(cause), ..
+        } = self
+        {
             response
                 .extensions_mut()
-                .insert(InternalErrorReport(Arc::new(cause)));
+                .insert(ErrorReport(Arc::new(cause)));
         }
         response
     }
@@ -258,39 +179,15 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if database_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
+        if db::is_unavailable(&e) {
             Self::Unavailable {
                 detail: "The database is unavailable; retry shortly.",
                 retry_after_secs: 1,
+                cause: Some(anyhow::Error::new(e).context("database unavailable")),
             }
         } else {
             Self::Internal(anyhow::Error::new(e).context("database error"))
         }
-    }
-}
-
-/// Whether an error means "Postgres cannot serve this now" (the client may retry, and
-/// readiness reports it) rather than "this request is wrong" or a bug: the connection
-/// could not be made or was lost, the pool is exhausted, or the server refused for load
-/// or shutdown (SQLSTATE classes 08, 53300, 57P01-57P03) or cancelled the statement on
-/// its deadline (57014).
-pub fn database_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "53300" | "57P01" | "57P02" | "57P03" | "57014"
-                )
-        }),
-        _ => false,
     }
 }
 
@@ -300,6 +197,7 @@ impl From<HashError> for ApiError {
             HashError::Busy => Self::Unavailable {
                 detail: "Too many sign-ins at once; retry shortly.",
                 retry_after_secs: 1,
+                cause: None,
             },
             HashError::Failed(_) => Self::Internal(anyhow::Error::new(e)),
         }
@@ -366,6 +264,20 @@ mod tests {
     }
 
     #[test]
+    fn converting_an_error_logs_nothing_and_hands_the_cause_to_the_middleware() {
+        // The conversion is pure: the cause rides in the extensions, for
+        // `middleware::errors` to log once with the request id.
+        let response = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let report = response
+            .extensions()
+            .get::<ErrorReport>()
+            .expect("a report");
+        assert!(format!("{:#}", report.0).contains("database unavailable"));
+    }
+
+    #[test]
     fn unauthorized_carries_a_bearer_challenge() {
         let response = ApiError::Unauthorized {
             invalid_token: true,
@@ -375,6 +287,9 @@ mod tests {
             response.headers()[header::WWW_AUTHENTICATE],
             r#"Bearer error="invalid_token""#
         );
-        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            super::super::problem::PROBLEM_JSON
+        );
     }
 }

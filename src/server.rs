@@ -1,0 +1,298 @@
+//! The assembly: binds both listeners, builds both routers, wraps them in the middleware
+//! stack, starts the background tasks, serves until told to stop, and drains. The only
+//! module that knows the handlers (`api`, `admin`) and the middleware at once.
+//!
+//! `Application::build` binds the listeners (port 0 works: tests read the real ports
+//! back) and builds the shared state; `run_until_stopped` serves until the shutdown token
+//! fires, then drains: `/readyz` turns 503 for `KEEL_SHUTDOWN_DELAY` while the listeners
+//! still accept (so a load balancer stops routing here first), the listeners close, and
+//! in-flight requests get `KEEL_SHUTDOWN_TIMEOUT` to finish before they are dropped. The
+//! background tasks stop within what is left of that deadline, then the pool closes.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::header;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate as _, SizeAbove};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::background::Background;
+use crate::config::{Config, HttpConfig};
+use crate::http::problem;
+use crate::middleware::{errors, metrics, request_id, trace};
+use crate::state::AppState;
+use crate::{admin, api, db, flags, telemetry};
+
+pub struct Application {
+    state: AppState,
+    public: TcpListener,
+    admin: TcpListener,
+}
+
+impl Application {
+    /// Builds the service on a lazily connecting pool (see `db::pool`).
+    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let pool = db::pool(&config.database);
+        Self::build_with_pool(config, pool, shutdown).await
+    }
+
+    pub async fn build_with_pool(
+        config: Config,
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let public = TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| format!("Failed to bind KEEL_HTTP_ADDR {}", config.http.addr))?;
+        let admin = TcpListener::bind(config.http.admin_addr)
+            .await
+            .with_context(|| {
+                format!("Failed to bind KEEL_ADMIN_ADDR {}", config.http.admin_addr)
+            })?;
+        Ok(Self {
+            state: AppState::new(config, pool, shutdown)?,
+            public,
+            admin,
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until the shutdown token fires, then drains (see the module docs).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            state,
+            public,
+            admin,
+        } = self;
+        let config = &state.config;
+        let shutdown = state.shutdown.clone();
+        let background = start_background(&state);
+
+        // Stops the listeners; fires `KEEL_SHUTDOWN_DELAY` after `shutdown`.
+        let stop = CancellationToken::new();
+        let public = axum::serve(public, public_router(state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let admin = axum::serve(admin, admin_router(state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let mut servers =
+            tokio::spawn(
+                async move { tokio::try_join!(public.into_future(), admin.into_future()) },
+            );
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            result = &mut servers => {
+                // A listener failed on its own: stop everything else too.
+                shutdown.cancel();
+                background.stop(config.http.shutdown_timeout).await;
+                state.db.close().await;
+                result.context("server task failed")?.context("server failed")?;
+                return Ok(());
+            }
+        }
+        tracing::info!(delay = ?config.http.shutdown_delay, "shutting down: draining");
+        tokio::time::sleep(config.http.shutdown_delay).await;
+        stop.cancel();
+        let deadline = Instant::now() + config.http.shutdown_timeout;
+        let served = match tokio::time::timeout_at(deadline, &mut servers).await {
+            Ok(result) => result
+                .context("server task failed")
+                .and_then(|served| served.context("server failed"))
+                .map(|_| ()),
+            Err(_) => {
+                tracing::warn!(timeout = ?config.http.shutdown_timeout, "in-flight requests outlived the shutdown deadline; dropping them");
+                servers.abort();
+                Ok(())
+            }
+        };
+        background
+            .stop(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        state.db.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Every long-running task of the serving process, registered in one place (see
+/// `crate::background`).
+fn start_background(state: &AppState) -> Background {
+    let background = Background::default();
+    let (flags, pool, interval) = (
+        state.flags.clone(),
+        state.db.pool().clone(),
+        state.config.flags.poll_interval,
+    );
+    background.spawn("fix-flag refresher", move |stop| {
+        flags::run_refresher(flags, pool, interval, stop)
+    });
+    if let Some(handle) = state.metrics.clone() {
+        background.spawn("metrics upkeep", move |stop| {
+            telemetry::metrics::run_upkeep(handle, stop)
+        });
+    }
+    background
+}
+
+/// The public listener's whole service: the API, `GET /openapi.json`, `GET /docs`
+/// (Swagger UI, served from the binary: it works offline), in the middleware stack.
+pub fn public_router(state: AppState) -> Router {
+    let (routes, document) = api::routes();
+    let app = routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(problem::not_found)
+        .with_state(state.clone());
+    let metrics = state.metrics.is_some();
+    stack(app, &state.config.http, Listener::Public, metrics)
+}
+
+/// The admin listener's service: probes, metrics and the fix flags (see `crate::admin`).
+pub fn admin_router(state: AppState) -> Router {
+    let app = admin::routes()
+        .fallback(problem::not_found)
+        .with_state(state.clone());
+    stack(app, &state.config.http, Listener::Admin, false)
+}
+
+/// Which listener a stack is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+/// The middleware around both listeners, in one stack that reads top to bottom
+/// (outermost first):
+///
+/// 1. mark `Authorization`, `Cookie` and friends sensitive, so no layer below logs them;
+/// 2. drop an incoming `x-request-id` that is not sane, then set one (keeping a sane
+///    incoming one), and return it on the response;
+/// 3. open the request's span: method, route template, request id, and the caller's
+///    trace context; return `traceparent`;
+/// 4. record the RED metrics (public listener only: the SLOs are about the API, not about
+///    probes and scrapes) — outside panic catching and every guardrail, so that a panic's
+///    500 and a shed request's 503 count against the SLOs like any other response;
+/// 5. compress responses of `KEEL_COMPRESSION_MIN_BYTES` and more;
+/// 6. turn a panic into a 500 problem+json;
+/// 7. log the cause of every 5xx and give every bare error response (router fallbacks,
+///    405s, 413s from the body limit) a problem+json body;
+/// 8. cap request bodies at `KEEL_MAX_BODY_BYTES` (413).
+///
+/// The guardrails (rate limit, deadline, load shedding) go between 7 and 8, each behind
+/// its fix flag, as they land.
+fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool) -> Router {
+    let sensitive = [
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::PROXY_AUTHORIZATION,
+    ];
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new(sensitive.clone()))
+            .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
+            .map_request(request_id::drop_insane)
+            .layer(SetRequestIdLayer::new(
+                request_id::X_REQUEST_ID,
+                request_id::MakeRequestUuidV7,
+            ))
+            .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(trace::make_span)
+                    .on_request(())
+                    .on_response(trace::on_response)
+                    .on_failure(()),
+            )
+            .layer(axum::middleware::from_fn(trace::return_traceparent))
+            .layer(axum::middleware::from_fn_with_state(
+                listener == Listener::Public && metrics,
+                metrics::record,
+            ))
+            .layer(
+                CompressionLayer::new().compress_when(
+                    SizeAbove::new(config.compression_min_bytes)
+                        .and(NotForContentType::GRPC)
+                        .and(NotForContentType::IMAGES)
+                        .and(NotForContentType::SSE),
+                ),
+            )
+            .layer(CatchPanicLayer::custom(errors::panic_to_problem))
+            .layer(axum::middleware::from_fn(errors::finish))
+            .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn http_config() -> HttpConfig {
+        crate::config::Config::from_map(&Default::default(), crate::config::Environment::Dev)
+            .expect("defaults are valid")
+            .http
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_problem_and_counts_in_the_red_metrics() {
+        let handle = crate::telemetry::metrics::install().expect("a recorder");
+        let app = Router::new().route(
+            "/boom/{id}",
+            get(|| async {
+                panic!("kaboom");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        );
+        let app = stack(app, &http_config(), Listener::Public, true);
+
+        let response = app
+            .oneshot(Request::get("/boom/42").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let series = r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/boom/{id}",http_response_status_class="5xx"} 1"#;
+        assert!(
+            handle.render().contains(series),
+            "the panic's 500 is counted"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! [`AppState`]: what every request handler shares, and nothing else.
+//!
+//! It holds the clients and keys of the lower layers (config, db, auth, flags, loaders,
+//! readiness, telemetry) and imports nothing above them: no handler, no router, no
+//! middleware — those are assembled around it in `crate::server`. A capability that
+//! lands later (the cache, the jobs) adds a field here and, where handlers need only it,
+//! a `FromRef` impl.
+//!
+//! Handlers and extractors ask for the part they need where that is natural — `State<Db>`,
+//! `State<Loaders>`, an extractor bound on `Arc<Keyring>: FromRef<S>` — as axum's own
+//! examples do; a handler that needs several parts takes the whole `AppState`.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{CursorKey, Keyring, PasswordHasher};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::flags::Flags;
+use crate::loaders::Loaders;
+use crate::readiness::{Need, Readiness};
+use crate::telemetry;
+
+/// What every request handler shares. Cloning is one `Arc` increment.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// Postgres (`KEEL_DB_MAX_CONNECTIONS` connections): the one store of record. Every
+    /// statement through it is traced and measured (`db::Db`).
+    pub db: Db,
+    /// This instance's snapshot of the workshop fix flags.
+    pub flags: Flags,
+    /// Reads composed of several statements ("tasks with details"): the strategy and
+    /// its fix flag live there, not in the handlers.
+    pub loaders: Loaders,
+    /// Signs and verifies access tokens (current key + one retired key).
+    pub tokens: Arc<Keyring>,
+    /// argon2id, bounded by a semaphore so that logins cannot starve the runtime.
+    pub passwords: PasswordHasher,
+    /// Signs pagination cursors.
+    pub cursors: CursorKey,
+    /// The dependencies `/readyz` probes: Postgres (required); the cache and the broker
+    /// register theirs as they land.
+    pub readiness: Readiness,
+    /// Fires when the process is asked to stop; readiness reports `draining` from then.
+    pub shutdown: CancellationToken,
+    /// The Prometheus exporter behind `/metrics`; `None` with `KEEL_METRICS_ENABLED=false`.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let tokens = Arc::new(Keyring::new(&config.auth.jwt));
+        let passwords = PasswordHasher::new(
+            config.auth.password_hash_concurrency,
+            config.auth.password_hash_queue_timeout,
+        );
+        let cursors = CursorKey::derive(config.auth.jwt.secret.expose_secret().as_bytes());
+        let metrics = if config.telemetry.metrics_enabled {
+            Some(telemetry::metrics::install()?)
+        } else {
+            None
+        };
+        let db = Db::new(pool);
+        let flags = Flags::default();
+        let mut readiness = Readiness::default();
+        let probe_pool = db.pool().clone();
+        readiness.register(
+            "postgres",
+            Need::Required,
+            config.http.readiness_timeout,
+            move || {
+                let pool = probe_pool.clone();
+                async move { db::ping(&pool).await }
+            },
+        );
+        Ok(Self(Arc::new(App {
+            loaders: Loaders::new(db.clone(), flags.clone()),
+            config,
+            db,
+            flags,
+            tokens,
+            passwords,
+            cursors,
+            readiness,
+            shutdown,
+            metrics,
+        })))
+    }
+}
+
+impl FromRef<AppState> for Db {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Keyring> {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+impl FromRef<AppState> for Loaders {
+    fn from_ref(state: &AppState) -> Self {
+        state.loaders.clone()
+    }
+}
