@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! The house is layered: each module imports only the layers below its own, never a
-//! sibling of its layer, and a test (`tests/api/layers.rs`) fails naming any import that
+//! sibling of its layer, and a test (`tests/api/layers/mod.rs`) fails naming any import that
 //! breaks the rule. From the top:
 //!
 //! | layer | modules | what |

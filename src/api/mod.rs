@@ -7,8 +7,8 @@
 //! Handlers carry `#[tracing::instrument(level = "trace", …)]`: their spans (with the ids
 //! they act on) are there for `RUST_LOG=keel=trace`, but not exported as traces. The
 //! server span already names the route and times the request; a handler span in every
-//! trace would add a span per request — measured as a large share of trace-export cost —
-//! and no information. The admin endpoints are *not* here: they live on their own listener
+//! trace would add a span per request — export cost grows with spans per request
+//! (docs/benchmarks.md) — and no information. The admin endpoints are *not* here: they live on their own listener
 //! (`crate::admin`), so the public one answers 404 for them.
 //!
 //! The error type and the JSON, path and query extractors are shared with the admin

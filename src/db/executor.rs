@@ -7,8 +7,8 @@
 //!
 //! * opens a client span named by the statement's summary (`SELECT tasks`, `INSERT
 //!   comments`): low-cardinality, never a bound value. (Not the SQL text either: the
-//!   summary names the statement, and copying its text into every span was the costliest
-//!   part of exporting it);
+//!   summary names the statement, and a copy of the text in every span is paid on every
+//!   statement, exported or not — docs/benchmarks.md);
 //! * times the wait for a pooled connection (`db_client_connection_wait_time_seconds`) and
 //!   counts the requests waiting (`db_client_connection_pending_requests`), which sqlx's
 //!   pool does not expose;

@@ -4,9 +4,9 @@
 //! # How it is fast
 //!
 //! Rows go in through `COPY … FROM STDIN`, the bulk path of Postgres, with the secondary
-//! indexes and foreign keys dropped first and rebuilt once at the end (measured here:
-//! maintaining six indexes and two foreign keys row by row made a task load 3.3× slower
-//! than loading bare and indexing after). Tasks and comments stream on two connections at
+//! indexes and foreign keys dropped first and rebuilt once at the end: one sorted build
+//! per index instead of an index update per row (docs/benchmarks.md has the figures).
+//! Tasks and comments stream on two connections at
 //! once, from one generator thread, so both cores are busy. Seeded users share one
 //! password, hashed once. The drop and restore go through `db::schema`, which records the
 //! DDL in `dropped_schema_objects`: should a seed die half-way, `keel workshop

@@ -38,7 +38,7 @@ pub fn provider(config: &TracesConfig) -> anyhow::Result<SdkTracerProvider> {
 /// names and busy/idle timings are off: each is work on every span, and none says more
 /// than the span's name and duration already do. Context activation is off too: it would
 /// attach the span's OpenTelemetry context to a thread-local stack on every poll of every
-/// instrumented future (its `on_enter` was the layer's largest frame in a profile), and
+/// instrumented future (the layer's costliest callback; docs/benchmarks.md), and
 /// nothing in Keel reads `opentelemetry::Context::current()`: parents come from the tracing
 /// span tree, and propagation reads `Span::context()` (OpenTelemetrySpanExt).
 pub fn layer<S>(

@@ -356,7 +356,10 @@ async fn every_list_query_is_an_index_range_scan_on_200_000_tasks() {
     db::users::summary(&mut explain, owner).await.unwrap();
     // `fetch_one` finds no row in an executor that only explains; the plan is recorded.
     let counted = db::comments::count(&mut explain, commented).await;
-    assert!(matches!(counted, Err(sqlx::Error::RowNotFound)), "{counted:?}");
+    assert!(
+        matches!(counted, Err(sqlx::Error::RowNotFound)),
+        "{counted:?}"
+    );
     db::members::role_of(&mut explain, project, owner)
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod config;
 mod explain;
 mod hardening;
 mod helpers;
+mod layers;
 mod members;
 mod n_plus_one;
 mod observability;
