@@ -165,7 +165,7 @@ fn start_background(state: &AppState) -> Background {
 
 /// The public listener's whole service: the API, `GET /openapi.json`, `GET /docs`
 /// (Swagger UI, served from the binary: it works offline), in the middleware stack.
-pub fn public_router(state: AppState) -> Router {
+fn public_router(state: AppState) -> Router {
     let (routes, document) = api::routes();
     let app = routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
@@ -176,7 +176,7 @@ pub fn public_router(state: AppState) -> Router {
 }
 
 /// The admin listener's service: probes, metrics and the fix flags (see `crate::admin`).
-pub fn admin_router(state: AppState) -> Router {
+fn admin_router(state: AppState) -> Router {
     let app = admin::routes()
         .fallback(problem::not_found)
         .with_state(state.clone());

@@ -110,23 +110,11 @@ pub struct Page<T> {
     /// Pass as `?cursor=` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use uuid::Uuid;
-
-    fn key() -> CursorKey {
-        CursorKey::derive(b"test secret")
-    }
-
-    fn position() -> Keyset {
-        let now = Utc::now();
-        Keyset {
-            created_at: DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap(),
-            id: Uuid::now_v7(),
-        }
-    }
+    use crate::auth::cursor_fixtures::{key, position};
 
     #[test]
     fn limits_outside_the_contract_are_refused() {

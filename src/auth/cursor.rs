@@ -82,22 +82,29 @@ impl CursorKey {
     }
 }
 
+/// A key and positions for the tests of cursors and of the pages that carry them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
-    use chrono::Utc;
 
-    fn key() -> CursorKey {
+    pub(crate) fn key() -> CursorKey {
         CursorKey::derive(b"test secret")
     }
 
-    fn position() -> Keyset {
-        let now = Utc::now();
+    /// Now, to the microsecond (what a cursor keeps).
+    pub(crate) fn position() -> Keyset {
+        let now = chrono::Utc::now();
         Keyset {
             created_at: DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap(),
             id: Uuid::now_v7(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{key, position};
+    use super::*;
 
     #[test]
     fn a_cursor_round_trips_on_its_own_list() {

@@ -13,5 +13,7 @@ mod jwt;
 mod password;
 
 pub use cursor::CursorKey;
+#[cfg(test)]
+pub(crate) use cursor::fixtures as cursor_fixtures;
 pub use jwt::{IssuedToken, Keyring, TokenError};
 pub use password::{HashError, PasswordHasher};
