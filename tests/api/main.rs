@@ -10,6 +10,7 @@ mod admin;
 mod authorization;
 mod comments;
 mod config;
+mod config_docs;
 mod explain;
 mod hardening;
 mod helpers;
