@@ -16,9 +16,8 @@ pub struct HttpConfig {
     /// `KEEL_MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
     /// `KEEL_COMPRESSION_MIN_BYTES`: smaller responses are sent uncompressed. Below about
-    /// a packet, gzip costs CPU on both ends and saves no round trip (profiled: deflate was
-    /// a visible share of the CPU of `GET /v1/tasks/{id}` under load with tower-http's
-    /// 32-byte default).
+    /// a packet, gzip costs CPU on both ends and saves no round trip (tower-http's 32-byte
+    /// default put deflate in the profile of every small JSON read; docs/benchmarks.md).
     pub compression_min_bytes: u64,
     /// `KEEL_SHUTDOWN_DELAY`: after SIGTERM, how long `/readyz` reports 503 while the
     /// listeners still accept, so that a load balancer stops routing here before the
