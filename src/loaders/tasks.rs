@@ -5,7 +5,7 @@
 //! A task in a response embeds its assignee and its comment count. With the
 //! `batch_loading` fix on, a page loads them with one `= any($1)` statement for the
 //! page's distinct assignees and one grouped count over the page's task ids: two
-//! statements whatever the page size. Off, [`per_row`] loads them task by task, so a page
+//! statements whatever the page size. Off, `per_row` loads them task by task, so a page
 //! of 100 costs 200 extra round trips — the N+1 of the case study.
 //!
 //! Batched by-id loads rather than one join with a lateral count: the page query stays a

@@ -293,7 +293,7 @@ impl Generator {
 const GIANTS_FROM: u64 = 1000;
 
 /// Each project's number of tasks: three giants (14 %, 12 %, 10 %) when there are at least
-/// [`GIANTS_FROM`] projects, a Zipf law over the rest, rounded by largest remainder so that the counts
+/// `GIANTS_FROM` projects, a Zipf law over the rest, rounded by largest remainder so that the counts
 /// add up to exactly `tasks`.
 pub fn task_counts(projects: u64, tasks: u64) -> Vec<u64> {
     // With fewer projects the Zipf head of the tail would outgrow the "giants"; a plain

@@ -10,7 +10,7 @@
 //!
 //! # Adding a series
 //!
-//! Add its name as a constant and a `describe_*!` line in [`describe`]; record it anywhere
+//! Add its name as a constant and a `describe_*!` line in `describe`; record it anywhere
 //! with the `metrics` macros (`metrics::counter!(names::X, "label" => v).increment(1)`).
 //! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
 
