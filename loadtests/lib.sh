@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shared by the load-test scripts (core.sh, tasks-bench.sh, observability-bench.sh); source
-# it, do not run it.
+# Shared by the load-test scripts (core.sh, tasks-bench.sh, observability-bench.sh,
+# revisions-bench.sh); source it, do not run it.
 #
 #   PROG=core.sh                 # the prefix of every message (default: the script's name)
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,11 +18,16 @@
 #                                      with "bench" in it (it is dropped)
 #   check_pg_server                    PG_SERVER: loopback Postgres without a database
 #                                      (drops a trailing slash)
+#   check_seed_knobs                   TASKS 1..999999999, SEED a whole number
+#   check_rounds NAME VALUE            1..20 (ROUNDS)
 #   ensure_oha                         install oha if missing; sets OHA_JSON (its JSON flag)
 #   run_oha DURATION OUT ARGS...       oha for DURATION at $CONNECTIONS, JSON into OUT;
 #                                      ARGS are oha's (headers, then the URL)
 #   oha_summary FILE LABEL             one JSON line: requests/s, p50/p99 ms, non-2xx, errors
 #   print_table FIRST_HEADER LINE...   oha_summary lines as an aligned table
+#   invalid_runs LINE...               one line per oha_summary line with non-2xx or errors
+#   bench_facts                        exports BENCH_COMMIT, BENCH_PG, BENCH_CPUS,
+#                                      BENCH_CPU_MODEL, BENCH_OHA (where the figures come from)
 #   note MESSAGE                       print "PROG: MESSAGE" on stderr
 #   pg URL PSQL_ARGS...                bounded, quiet psql (statement timeout
 #                                      $PG_STATEMENT_TIMEOUT, default 120s)
@@ -30,7 +35,15 @@
 #   http METHOD URL CURL_ARGS...       one bounded request; the body of a 2xx, else dies
 #                                      (needs $scratch, a temporary directory)
 #   port_in_use PORT                   something listens on 127.0.0.1:PORT
+#   check_ports_free VAR...            nothing listens on 127.0.0.1 at these ports; exits if so
 #   build_keel                         cargo build --release; sets $keel (needs $root)
+#   build_keel_in DIR                  the same for the crate in DIR (a git worktree)
+#   seed_scratch_database BIN REPORT   drops $DATABASE, then `BIN seed` into it ($TASKS, $SEED),
+#                                      its report into REPORT; sets db_touched=1
+#   serve_keel BIN LOG [NAME=VALUE...] `BIN serve` on $HTTP_PORT/$ADMIN_PORT against $DB_URL
+#                                      (KEEL_ENV=dev, RUST_LOG=warn, plus the settings given);
+#                                      sets $server_pid, waits for /readyz
+#   stop_server                        stops $server_pid (stop_process), if any, and clears it
 #   drop_scratch_database              drops $DATABASE on $PG_SERVER, or keeps it when
 #                                      KEEP=1 (prints $DB_URL)
 #   login EMAIL PASSWORD               a fresh access token from $API
@@ -71,6 +84,7 @@ print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"
 # http METHOD URL [CURL_ARGS...]: one bounded request; prints the body of a 2xx answer,
 # dies with the status and body otherwise.
 http() {
+    # shellcheck disable=SC2154 # $scratch is the caller's
     local method="$1" url="$2" body="$scratch/response.json" status
     shift 2
     status="$(curl -sS --max-time 30 -o "$body" -w '%{http_code}' -X "$method" "$@" "$url")" ||
@@ -86,10 +100,60 @@ port_in_use() {
 }
 
 build_keel() {
-    note "building the release binary"
-    cargo build --release --quiet
-    keel="${CARGO_TARGET_DIR:-$root/target}/release/keel"
+    build_keel_in "${root:?}"
+}
+
+# build_keel_in DIR: the release binary of the crate in DIR, built in $CARGO_TARGET_DIR if
+# set, else in DIR/target.
+build_keel_in() {
+    local dir="$1" where=""
+    [[ "$dir" == "$root" ]] || where=" in $dir"
+    note "building the release binary$where"
+    (cd "$dir" && cargo build --release --quiet)
+    keel="${CARGO_TARGET_DIR:-$dir/target}/release/keel"
     [[ -x "$keel" ]] || die "no binary at $keel after cargo build --release"
+}
+
+check_ports_free() {
+    local var
+    for var in "$@"; do
+        ! port_in_use "${!var}" || die "something already listens on 127.0.0.1:${!var}; choose another $var"
+    done
+}
+
+# seed_scratch_database BIN REPORT: a fresh $DATABASE seeded by `BIN seed` (which creates and
+# migrates it with BIN's migrations), at most $SEED_TIMEOUT s. db_touched=1 tells the
+# caller's clean-up to drop it.
+seed_scratch_database() {
+    local bin="$1" report="$2"
+    # shellcheck disable=SC2034 # read by the caller's clean-up
+    db_touched=1
+    pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"
+    note "seeding $TASKS tasks (seed $SEED) into $DATABASE"
+    timeout --foreground --kill-after=10 "$SEED_TIMEOUT" \
+        env KEEL_ENV=dev DATABASE_URL="$DB_URL" RUST_LOG=warn \
+        "$bin" seed --tasks "$TASKS" --seed "$SEED" --out "$report" >&2
+}
+
+# serve_keel BIN LOG [NAME=VALUE...]: `BIN serve` (which does not migrate) on loopback,
+# without per-request logs, its output into LOG; ready when /readyz answers 200 (Postgres
+# reachable), within $READY_TIMEOUT s. The ports are checked first: a server left over on
+# them would answer the readiness probe in this one's stead.
+serve_keel() {
+    local bin="$1" log="$2"
+    shift 2
+    check_ports_free HTTP_PORT ADMIN_PORT
+    env KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+        KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn "$@" \
+        "$bin" serve >"$log" 2>&1 &
+    server_pid=$!
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz"; do
+        alive "$server_pid" || die "keel serve exited; the end of its log:
+$(tail -n 20 "$log")"
+        ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
 }
 
 # The scratch database of a bench, at exit: dropped, or kept with KEEP=1.
@@ -138,6 +202,13 @@ stop_process() {
     ((killed == 0))
 }
 
+stop_server() {
+    [[ -n "${server_pid:-}" ]] || return 0
+    local pid="$server_pid"
+    server_pid=""
+    stop_process "$pid" "keel serve"
+}
+
 # --- Knobs -------------------------------------------------------------------------------
 # oha takes durations such as 500ms, 15s, 2m; bound them so that a typo cannot run for hours.
 duration_secs() {
@@ -181,6 +252,17 @@ check_ports() {
         local names
         names="$(printf '%s, ' "$@")"
         die "${names%, } must all differ"
+    fi
+}
+
+check_seed_knobs() {
+    [[ "$TASKS" =~ ^[1-9][0-9]{0,8}$ ]] || die "TASKS=$TASKS: expected a whole number from 1 to 999999999"
+    [[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "SEED=$SEED: expected a whole number"
+}
+
+check_rounds() {
+    if [[ ! "$2" =~ ^[1-9][0-9]?$ ]] || (($2 > 20)); then
+        die "$1=$2: expected 1..20"
     fi
 }
 
@@ -300,4 +382,31 @@ print(fmt(head))
 for row in rows:
     print(fmt(row))
 PY
+}
+
+# invalid_runs LINE...: figures taken on an error path are no figures; names each oha_summary
+# line with non-2xx responses or transport errors (prints nothing when there are none).
+invalid_runs() {
+    python3 -c '
+import json, sys
+for line in sys.argv[1:]:
+    s = json.loads(line)
+    if s["non_2xx"] or s["errors"]:
+        print("%s: %d non-2xx, %d errors" % (s["label"], s["non_2xx"], s["errors"]))
+' "$@"
+}
+
+# bench_facts: what the results record about where they were taken. BENCH_COMMIT is $root's
+# (with "-dirty" for uncommitted changes to tracked files).
+bench_facts() {
+    BENCH_COMMIT="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ "$BENCH_COMMIT" != unknown && -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+        BENCH_COMMIT+="-dirty"
+    fi
+    BENCH_PG="$(pg "$PG_SERVER/postgres" -c 'show server_version' 2>/dev/null || echo unknown)"
+    BENCH_CPUS="$(nproc 2>/dev/null || echo unknown)"
+    BENCH_CPU_MODEL="$(sed -n '/^model name/{s/^model name[[:space:]]*: //p;q}' /proc/cpuinfo 2>/dev/null || true)"
+    BENCH_CPU_MODEL="${BENCH_CPU_MODEL:-unknown}"
+    BENCH_OHA="$(oha --version)"
+    export BENCH_COMMIT BENCH_PG BENCH_CPUS BENCH_CPU_MODEL BENCH_OHA
 }
