@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::vars::Vars;
-use super::{ConfigError, Environment, error};
+use super::vars::{ConfigError, Environment, Vars, error};
 
 /// The development JWT secret: accepted only with `KEEL_ENV=dev`.
 pub const DEV_JWT_SECRET: &str = "keel-dev-jwt-secret-never-use-in-production-0123456789";

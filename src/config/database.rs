@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
-use super::vars::{Vars, process_env};
-use super::{ConfigError, error};
+use super::vars::{ConfigError, Vars, error, process_env};
 
 #[derive(Clone)]
 pub struct DatabaseConfig {

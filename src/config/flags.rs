@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use super::ConfigError;
-use super::vars::Vars;
+use super::vars::{ConfigError, Vars};
 
 #[derive(Debug, Clone)]
 pub struct FlagsConfig {

@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::vars::Vars;
-use super::{ConfigError, error};
+use super::vars::{ConfigError, Vars, error};
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

@@ -2,8 +2,7 @@
 
 use std::str::FromStr;
 
-use super::vars::{Vars, process_env};
-use super::{ConfigError, error};
+use super::vars::{ConfigError, Vars, error, process_env};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,7 +42,6 @@
 //! The README's configuration table does, and a test holds it to the code.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 mod auth;
 mod database;
@@ -59,42 +58,9 @@ pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
 
+pub use vars::{ConfigError, Environment};
+
 use vars::{Vars, process_env};
-
-/// Where the process runs. `prod` refuses the development secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Environment {
-    Dev,
-    Prod,
-}
-
-impl FromStr for Environment {
-    type Err = &'static str;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "dev" => Ok(Self::Dev),
-            "prod" => Ok(Self::Prod),
-            _ => Err("expected `dev` or `prod`"),
-        }
-    }
-}
-
-/// A configuration value that cannot be used, with the variable that holds it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid configuration: {var}: {message}")]
-pub struct ConfigError {
-    /// The environment variable at fault.
-    pub var: &'static str,
-    /// What is wrong with it, in one line.
-    pub message: String,
-}
-
-fn error(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
-}
 
 /// The whole configuration of a serving process.
 #[derive(Debug, Clone)]

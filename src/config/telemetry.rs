@@ -1,8 +1,7 @@
 //! Metrics and traces: `KEEL_METRICS_ENABLED` and the standard `OTEL_*` variables of the
 //! OpenTelemetry specification (endpoint, service name, sampler, export queue).
 
-use super::vars::Vars;
-use super::{ConfigError, error};
+use super::vars::{ConfigError, Vars, error};
 
 /// Metrics and traces.
 #[derive(Debug, Clone)]

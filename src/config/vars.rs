@@ -3,6 +3,10 @@
 //! an error naming the variable, durations are written the humantime way (`500ms`, `5s`,
 //! `1m`), and a secret is never echoed.
 //!
+//! The vocabulary of that rule lives here too ([`ConfigError`], and the [`Environment`] that
+//! decides the rules for secrets), so that every section imports this file and none imports
+//! the module that composes them.
+//!
 //! This is the whole of Keel's configuration parsing (the module doc of [`super`] says why
 //! it is hand-written rather than clap's or figment's).
 
@@ -12,7 +16,40 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{ConfigError, Environment, error};
+/// Where the process runs. `prod` refuses the development secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Dev,
+    Prod,
+}
+
+impl FromStr for Environment {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dev" => Ok(Self::Dev),
+            "prod" => Ok(Self::Prod),
+            _ => Err("expected `dev` or `prod`"),
+        }
+    }
+}
+
+/// A configuration value that cannot be used, with the variable that holds it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it, in one line.
+    pub message: String,
+}
+
+pub(super) fn error(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
 
 /// Secrets shorter than this are refused in production (HS256 wants at least 256 bits).
 const MIN_SECRET_BYTES: usize = 32;
