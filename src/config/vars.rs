@@ -3,7 +3,7 @@
 //! an error naming the variable, durations are written the humantime way (`500ms`, `5s`,
 //! `1m`), and a secret is never echoed.
 //!
-//! The vocabulary of that rule lives here too ([`ConfigError`], and the [`Environment`] that
+//! The vocabulary of those rules lives here too ([`ConfigError`], and the [`Environment`] that
 //! decides the rules for secrets), so that every section imports this file and none imports
 //! the module that composes them.
 //!
