@@ -13,8 +13,7 @@ use crate::http::problem::{ErrorReport, PROBLEM_JSON, Problem};
 
 /// Logs the cause of a 5xx (attached by `ApiError`: ERROR for a 500, WARN for a 503 —
 /// a dependency that cannot serve now is a degradation, not a bug) with the request id,
-/// and
-/// gives any bare error response a problem+json body — the router's 405, tower-http's
+/// and gives any bare error response a problem+json body — the router's 405, tower-http's
 /// 413, whatever a layer produces — keeping its headers (`Allow`, `Retry-After`, …).
 ///
 /// The request id is read from the request, not left to the request span: that span is
