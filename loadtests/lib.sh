@@ -43,7 +43,10 @@
 #   serve_keel BIN LOG [NAME=VALUE...] `BIN serve` on $HTTP_PORT/$ADMIN_PORT against $DB_URL
 #                                      (KEEL_ENV=dev, RUST_LOG=warn, plus the settings given);
 #                                      sets $server_pid, waits for /readyz
+#   wait_ready NAME PID URL LOG SECS   until URL answers 2xx, at most SECS s; dies with the
+#                                      end of LOG if PID exits first
 #   stop_server                        stops $server_pid (stop_process), if any, and clears it
+#   stop_pid_var VAR NAME              the same for the process whose id is in the variable VAR
 #   drop_scratch_database              drops $DATABASE on $PG_SERVER, or keeps it when
 #                                      KEEP=1 (prints $DB_URL)
 #   login EMAIL PASSWORD               a fresh access token from $API
@@ -147,11 +150,19 @@ serve_keel() {
         KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn "$@" \
         "$bin" serve >"$log" 2>&1 &
     server_pid=$!
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz"; do
-        alive "$server_pid" || die "keel serve exited; the end of its log:
+    wait_ready "keel serve" "$server_pid" "http://127.0.0.1:$ADMIN_PORT/readyz" "$log" "$READY_TIMEOUT"
+}
+
+# wait_ready NAME PID URL LOG SECS: a process just started in the background (keel serve, a
+# sink) is ready when URL answers 2xx; dies if it exits first (with the end of its LOG) or is
+# not ready within SECS s.
+wait_ready() {
+    local name="$1" pid="$2" url="$3" log="$4" secs="$5"
+    local deadline=$((SECONDS + secs))
+    until curl -sf --max-time 2 -o /dev/null "$url"; do
+        alive "$pid" || die "$name exited; the end of its log:
 $(tail -n 20 "$log")"
-        ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
+        ((SECONDS < deadline)) || die "$name not ready after ${secs}s"
         sleep 0.2
     done
 }
@@ -203,10 +214,18 @@ stop_process() {
 }
 
 stop_server() {
-    [[ -n "${server_pid:-}" ]] || return 0
-    local pid="$server_pid"
-    server_pid=""
-    stop_process "$pid" "keel serve"
+    stop_pid_var server_pid "keel serve"
+}
+
+# stop_pid_var VAR NAME: stop_process on the process whose id is in the variable VAR, if it
+# holds one, and clears VAR first (a clean-up that runs after an error stops it only once).
+# Returns what stop_process returns.
+stop_pid_var() {
+    local var="$1" pid
+    pid="${!var:-}"
+    [[ -n "$pid" ]] || return 0
+    printf -v "$var" '%s' ""
+    stop_process "$pid" "$2"
 }
 
 # --- Knobs -------------------------------------------------------------------------------

@@ -85,14 +85,11 @@ done
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 3.9 or later is required"
 
 # --- Knobs -------------------------------------------------------------------------------
-[[ "$TASKS" =~ ^[1-9][0-9]{0,8}$ ]] || die "TASKS=$TASKS: expected a whole number from 1 to 999999999"
-[[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "SEED=$SEED: expected a whole number"
+check_seed_knobs
 check_duration DURATION "$DURATION"
 check_warmup WARMUP "$WARMUP"
 check_connections CONNECTIONS "$CONNECTIONS"
-if [[ ! "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || ((ROUNDS > 20)); then
-    die "ROUNDS=$ROUNDS: expected 1..20"
-fi
+check_rounds ROUNDS "$ROUNDS"
 check_scratch_database
 check_ports HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT
 check_pg_server
@@ -150,41 +147,14 @@ cpu_ticks() {
 }
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 
-stop_server() {
-    [[ -n "$server_pid" ]] || return 0
-    local pid="$server_pid"
-    server_pid=""
-    stop_process "$pid" "keel serve"
-}
-
 stop_sink() {
-    [[ -n "$sink_pid" ]] || return 0
-    local pid="$sink_pid"
-    sink_pid=""
-    stop_process "$pid" "the OTLP sink"
+    stop_pid_var sink_pid "the OTLP sink"
 }
 
 sink_stats() {
     alive "$sink_pid" || die "the OTLP sink exited; its log:
 $(tail -n 20 "$raw/sink.log")"
     curl -sf --max-time 10 "$SINK_STATS" || die "the OTLP sink does not answer on $SINK_STATS"
-}
-
-# start_server LOG ENV...: keel serve with the common settings plus ENV; waits for /readyz.
-start_server() {
-    local log="$1"
-    shift
-    env KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-        KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn "$@" \
-        "$keel" serve >"$log" 2>&1 &
-    server_pid=$!
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until curl -sf --max-time 2 -o /dev/null "$ADMIN/readyz"; do
-        alive "$server_pid" || die "keel serve exited; the end of its log:
-$(tail -n 20 "$log")"
-        ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
-        sleep 0.2
-    done
 }
 
 # served FILE: from a /metrics scrape, the public API's requests counted by Keel (all
@@ -250,10 +220,11 @@ fi
 "$venv/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' ||
     die "the sink's packages do not import from $venv; remove it and run again"
 
-for port_var in "${port_vars[@]}"; do
-    ! port_in_use "${!port_var}" ||
-        die "something already listens on 127.0.0.1:${!port_var}; choose another $port_var"
-done
+# Before the sink starts and the database is seeded: something on the sink's ports would
+# keep the sink from starting, or answer its /stats; something on the server's would keep
+# keel serve from starting, or answer /readyz in its stead (serve_keel checks those two
+# again before each start).
+check_ports_free HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT
 
 # --- The sink ----------------------------------------------------------------------------
 # One sink for the whole run, idle (and so costing nothing) in configurations 1 and 2:
@@ -262,21 +233,10 @@ note "starting the OTLP sink on $SINK (stats $SINK_STATS)"
 "$venv/bin/python" "$here/otlp_sink.py" --port "$SINK_PORT" --stats-port "$SINK_STATS_PORT" \
     --workers 16 >"$raw/sink.log" 2>&1 &
 sink_pid=$!
-deadline=$((SECONDS + SINK_TIMEOUT))
-until curl -sf --max-time 2 -o /dev/null "$SINK_STATS"; do
-    alive "$sink_pid" || die "the OTLP sink exited; its log:
-$(tail -n 20 "$raw/sink.log")"
-    ((SECONDS < deadline)) || die "the OTLP sink not ready after ${SINK_TIMEOUT}s"
-    sleep 0.2
-done
+wait_ready "the OTLP sink" "$sink_pid" "$SINK_STATS" "$raw/sink.log" "$SINK_TIMEOUT"
 
 # --- Database and seed -------------------------------------------------------------------
-db_touched=1
-pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"
-note "seeding $TASKS tasks (seed $SEED) into $DATABASE"
-timeout --foreground --kill-after=10 "$SEED_TIMEOUT" \
-    env KEEL_ENV=dev DATABASE_URL="$DB_URL" RUST_LOG=warn \
-    "$keel" seed --tasks "$TASKS" --seed "$SEED" --out "$raw/seed.json" >&2
+seed_scratch_database "$keel" "$raw/seed.json"
 seed_report="$(cat "$raw/seed.json")"
 project_id="$(json 'd["largest_projects"][0]["id"]' "$seed_report")"
 owner_email="$(json 'd["largest_projects"][0]["owner"]["email"]' "$seed_report")"
@@ -310,7 +270,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         fi
         note "round $round: starting keel serve, $name (${settings[*]})"
         sink_before="$(sink_stats)"
-        start_server "$raw/server-$tag.log" "${settings[@]}"
+        serve_keel "$keel" "$raw/server-$tag.log" "${settings[@]}"
 
         # The configuration took: /metrics answers only with metrics on.
         metrics_status="$(http_status "$ADMIN/metrics")"
@@ -419,12 +379,7 @@ done
 echo
 print_table configuration "${records[@]}"
 
-commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ "$commit" != unknown && -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    commit+="-dirty"
-fi
-pg_version="$(pg "$PG_SERVER/postgres" -c 'show server_version' 2>/dev/null || echo unknown)"
-cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)"
+bench_facts
 sink_versions="$("$venv/bin/python" - <<'PY'
 import sys, grpc
 from importlib.metadata import version
@@ -435,10 +390,8 @@ PY
 
 BENCH_TASKS="$TASKS" BENCH_SEED="$SEED" BENCH_DURATION="$DURATION" BENCH_WARMUP="$WARMUP" \
     BENCH_CONNECTIONS="$CONNECTIONS" BENCH_ROUNDS="$ROUNDS" BENCH_TASK_ID="$task_id" \
-    BENCH_COMMIT="$commit" BENCH_PG="$pg_version" \
     BENCH_SAMPLER="$TRACES_SAMPLER${TRACES_SAMPLER_ARG:+ $TRACES_SAMPLER_ARG}" \
-    BENCH_CPUS="$(nproc 2>/dev/null || echo unknown)" BENCH_CPU_MODEL="${cpu_model:-unknown}" \
-    BENCH_OHA="$(oha --version)" BENCH_SINK="$sink_versions" BENCH_OUT="$OUT_DIR" \
+    BENCH_SINK="$sink_versions" BENCH_OUT="$OUT_DIR" \
     python3 - "${records[@]}" <<'PY'
 import datetime, json, os, statistics, sys
 
@@ -706,16 +659,17 @@ PY
 
 # Figures taken on an error path are no figures, and configuration 3 without spans measured
 # no export: fail the run (after writing the results).
-bad="$(python3 -c '
+bad="$(
+    invalid_runs "${records[@]}"
+    python3 -c '
 import json, sys
 for line in sys.argv[1:]:
     s = json.loads(line)
-    if s["non_2xx"] or s["errors"]:
-        print("%s: %d non-2xx, %d errors" % (s["label"], s["non_2xx"], s["errors"]))
     if s["trace_export"] and s["sink"]["spans"] == 0:
         print("%s: the sink received no spans" % s["label"])
     if not s["trace_export"] and s["sink"]["spans"]:
         print("%s: the sink received %d spans without trace export" % (s["label"], s["sink"]["spans"]))
-' "${records[@]}")"
+' "${records[@]}"
+)"
 [[ -z "$bad" ]] || die "the run is not valid:
 $bad"

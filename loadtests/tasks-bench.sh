@@ -65,8 +65,7 @@ for tool in python3 curl psql cargo timeout; do
 done
 
 # --- Knobs -------------------------------------------------------------------------------
-[[ "$TASKS" =~ ^[1-9][0-9]{0,8}$ ]] || die "TASKS=$TASKS: expected a whole number from 1 to 999999999"
-[[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "SEED=$SEED: expected a whole number"
+check_seed_knobs
 check_duration DURATION "$DURATION"
 check_warmup WARMUP "$WARMUP"
 check_connections CONNECTIONS "$CONNECTIONS"
@@ -123,13 +122,6 @@ set_batch_loading() {
     note "batch_loading = $1"
 }
 
-stop_server() {
-    [[ -n "$server_pid" ]] || return 0
-    local pid="$server_pid"
-    server_pid=""
-    stop_process "$pid" "keel serve" || true
-}
-
 # --- Clean-up, whatever happens ----------------------------------------------------------
 server_pid=""
 scratch=""
@@ -176,17 +168,11 @@ scratch="$(mktemp -d)"
 ensure_oha
 build_keel
 
-for port in "$HTTP_PORT" "$ADMIN_PORT"; do
-    ! port_in_use "$port" || die "something already listens on 127.0.0.1:$port; choose HTTP_PORT / ADMIN_PORT"
-done
+# Before the seed, which takes a while at the default TASKS (serve_keel checks them again).
+check_ports_free HTTP_PORT ADMIN_PORT
 
 # --- Database and seed -------------------------------------------------------------------
-db_touched=1
-pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"
-note "seeding $TASKS tasks (seed $SEED) into $DATABASE"
-timeout --foreground --kill-after=10 "$SEED_TIMEOUT" \
-    env KEEL_ENV=dev DATABASE_URL="$DB_URL" RUST_LOG=warn \
-    "$keel" seed --tasks "$TASKS" --seed "$SEED" --out "$raw/seed.json"
+seed_scratch_database "$keel" "$raw/seed.json"
 seed_report="$(cat "$raw/seed.json")"
 read -r project_id project_tasks owner_email < <(json '
 " ".join(str(x) for x in (lambda p: (p["id"], p["tasks"], p["owner"]["email"]))(
@@ -200,17 +186,7 @@ note "largest project $project_id: $project_tasks tasks, owner $owner_email"
 
 # --- Server ------------------------------------------------------------------------------
 note "starting keel serve on $API (admin $ADMIN)"
-KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-    KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn \
-    "$keel" serve >"$raw/server.log" 2>&1 &
-server_pid=$!
-deadline=$((SECONDS + READY_TIMEOUT))
-until curl -sf --max-time 2 -o /dev/null "$ADMIN/readyz"; do
-    alive "$server_pid" || die "keel serve exited; the end of its log:
-$(tail -n 20 "$raw/server.log")"
-    ((SECONDS < deadline)) || die "keel serve not ready after ${READY_TIMEOUT}s"
-    sleep 0.2
-done
+serve_keel "$keel" "$raw/server.log"
 
 flags_json="$(http GET "$ADMIN/admin/flags" "${admin_auth[@]}")"
 flag_initial="$(json '[f["enabled"] for f in d["items"] if f["name"] == "batch_loading"][0]' "$flags_json")"
@@ -301,26 +277,19 @@ done
 
 [[ "$indexes_dropped" == 0 ]] || restore_indexes
 [[ "$flag_now" == "$flag_initial" ]] || set_batch_loading "$flag_initial"
-stop_server
+# Killed after STOP_TIMEOUT (stop_process says so): the figures are taken by then.
+stop_server || true
 
 # --- Results -----------------------------------------------------------------------------
 echo
 print_table scenario "${records[@]}"
 echo
 
-commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ "$commit" != unknown && -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    commit+="-dirty"
-fi
-pg_version="$(pg "$PG_SERVER/postgres" -c 'show server_version' 2>/dev/null || echo unknown)"
-cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)"
-
+bench_facts
 BENCH_TASKS="$TASKS" BENCH_SEED="$SEED" BENCH_DURATION="$DURATION" BENCH_WARMUP="$WARMUP" \
     BENCH_CONNECTIONS="$CONNECTIONS" BENCH_PROJECT_ID="$project_id" \
     BENCH_PROJECT_TASKS="$project_tasks" BENCH_RESTORE_SECONDS="$restore_seconds" \
-    BENCH_INDEXES="$indexes_present" BENCH_COMMIT="$commit" BENCH_PG="$pg_version" \
-    BENCH_CPUS="$(nproc 2>/dev/null || echo unknown)" BENCH_CPU_MODEL="${cpu_model:-unknown}" \
-    BENCH_OHA="$(oha --version)" BENCH_OUT="$OUT_DIR" \
+    BENCH_INDEXES="$indexes_present" BENCH_OUT="$OUT_DIR" \
     python3 - "$raw/seed.json" "${records[@]}" <<'PY'
 import datetime, json, os, sys
 
@@ -468,12 +437,6 @@ print(f"results: {out}/tasks-bench.json, {out}/tasks-bench.md (raw oha JSON: {ou
 PY
 
 # Figures taken on an error path are no figures: fail the run (after writing them).
-bad="$(python3 -c '
-import json, sys
-for line in sys.argv[1:]:
-    s = json.loads(line)
-    if s["non_2xx"] or s["errors"]:
-        print("%s: %d non-2xx, %d errors" % (s["label"], s["non_2xx"], s["errors"]))
-' "${records[@]}")"
+bad="$(invalid_runs "${records[@]}")"
 [[ -z "$bad" ]] || die "some responses were not 2xx or failed; the figures measure an error path:
 $bad"
