@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::rust_source::{relative, rust_files, string_literals};
+
 /// Variables read under their own (non-`KEEL_`, non-`OTEL_`) names.
 const EXACT_NAMES: &[&str] = &[
     "DATABASE_URL",
@@ -44,102 +46,11 @@ fn is_variable_name(literal: &str) -> bool {
                 .any(|p| literal.len() > p.len() && literal.starts_with(p)))
 }
 
-/// The contents of the string literals of Rust source, outside comments, unescaped only as
-/// far as needed to find where each ends (a variable name has no escapes).
-fn string_literals(source: &str) -> Vec<&str> {
-    let bytes = source.as_bytes();
-    let mut literals = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let next = bytes.get(i + 1).copied();
-        match bytes[i] {
-            b'/' if next == Some(b'/') => {
-                i = source[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-            }
-            b'/' if next == Some(b'*') => i = block_comment_end(bytes, i),
-            b'r' if raw_string_start(bytes, i) => {
-                let hashes = bytes[i + 1..].iter().take_while(|&&b| b == b'#').count();
-                let start = i + 1 + hashes + 1;
-                let closing = format!("\"{}", "#".repeat(hashes));
-                let end = source
-                    .get(start..)
-                    .and_then(|rest| rest.find(&closing))
-                    .map_or(bytes.len(), |n| start + n);
-                literals.push(source.get(start..end).unwrap_or_default());
-                i = end + closing.len();
-            }
-            b'"' => {
-                let start = i + 1;
-                let mut end = start;
-                while end < bytes.len() && bytes[end] != b'"' {
-                    end += if bytes[end] == b'\\' { 2 } else { 1 };
-                }
-                let end = end.min(bytes.len());
-                literals.push(&source[start..end]);
-                i = end + 1;
-            }
-            b'\'' => i = after_quote(source, i),
-            _ => i += 1,
-        }
-    }
-    literals
-}
-
-/// Where a (possibly nested) block comment that opens at `start` ends.
-fn block_comment_end(bytes: &[u8], start: usize) -> usize {
-    let (mut depth, mut i) = (0, start);
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => (depth, i) = (depth + 1, i + 2),
-            (b'*', b'/') => {
-                (depth, i) = (depth - 1, i + 2);
-                if depth == 0 {
-                    return i;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    bytes.len()
-}
-
-/// `r"…"`, `r#"…"#`, `br"…"`: an `r` that starts a token (or follows a lone `b`) and is
-/// followed by `#`s and a quote.
-fn raw_string_start(bytes: &[u8], i: usize) -> bool {
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let starts_token = match i {
-        0 => true,
-        1 => !ident(bytes[0]) || bytes[0] == b'b',
-        _ => !ident(bytes[i - 1]) || (bytes[i - 1] == b'b' && !ident(bytes[i - 2])),
-    };
-    let after_hashes = bytes[i + 1..].iter().find(|&&b| b != b'#');
-    starts_token && after_hashes == Some(&b'"')
-}
-
-/// Past a `'`: the whole char literal (`'"'`, `'\''`, `'é'`), or only the quote of a
-/// lifetime or label (`'a`), so that a quote inside a char literal does not open a string.
-fn after_quote(source: &str, i: usize) -> usize {
-    let bytes = source.as_bytes();
-    if bytes.get(i + 1) == Some(&b'\\') {
-        // An escape: `'\''`, `'\n'`, `'\u{1F600}'`; the closing quote is the next one after
-        // the escaped character.
-        return source
-            .get(i + 3..)
-            .and_then(|rest| rest.find('\''))
-            .map_or(bytes.len(), |n| i + 3 + n + 1);
-    }
-    match source[i + 1..].chars().next() {
-        Some(c) if bytes.get(i + 1 + c.len_utf8()) == Some(&b'\'') => i + 1 + c.len_utf8() + 1,
-        _ => i + 1,
-    }
-}
-
 /// The variables that `source` reads.
 fn variables_in_source(source: &str) -> BTreeSet<String> {
     string_literals(source)
         .into_iter()
         .filter(|literal| is_variable_name(literal))
-        .map(str::to_owned)
         .collect()
 }
 
@@ -204,42 +115,19 @@ fn disagreements(
     undocumented.chain(unread).collect()
 }
 
-/// Every `.rs` file under `dir`, as (path relative to the crate, contents), in a stable order.
-fn rust_files(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            rust_files(root, &path, files);
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
-            let relative = path.strip_prefix(root).unwrap();
-            let relative = relative
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            files.push((relative, std::fs::read_to_string(&path).unwrap()));
-        }
-    }
-}
-
 #[test]
 fn the_readme_configuration_table_lists_exactly_the_variables_the_code_reads() {
     // Arrange
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("read README.md");
-    let mut files = Vec::new();
-    rust_files(root, &root.join("src"), &mut files);
 
     // Act
     let mut read: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (path, source) in &files {
-        for name in variables_in_source(source) {
-            read.entry(name).or_default().insert(path.clone());
+    for path in rust_files(&root.join("src")) {
+        let source = std::fs::read_to_string(&path).unwrap();
+        for name in variables_in_source(&source) {
+            read.entry(name).or_default().insert(relative(root, &path));
         }
     }
     let documented = variables_in_table(&readme).unwrap();

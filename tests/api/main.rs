@@ -20,6 +20,7 @@ mod n_plus_one;
 mod observability;
 mod pgwire;
 mod projects;
+mod rust_source;
 mod seed;
 mod shutdown;
 mod task_pages;

@@ -30,9 +30,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 mod scan;
-mod tokens;
 
 use scan::references;
+
+use crate::rust_source::{relative, rust_files};
 
 /// The layers, bottom to top. A file may import from its own top-level module and from the
 /// modules of strictly lower layers; modules of one layer may not import each other.
@@ -248,29 +249,12 @@ fn strongly_connected(graph: &Graph) -> Vec<Vec<String>> {
 /// the crate roots `lib.rs` and `main.rs`, and without `src/bin/`.
 fn source_files(root: &Path) -> Vec<(String, Vec<String>)> {
     let src = root.join("src");
-    let mut files = Vec::new();
-    let mut dirs = vec![src.clone()];
-    while let Some(dir) = dirs.pop() {
-        let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let relative = path
-                .strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
-            if path.is_dir() && relative != "bin" {
-                dirs.push(path);
-            } else if relative.ends_with(".rs")
-                && !matches!(relative.as_str(), "lib.rs" | "main.rs")
-            {
-                let module = module_path(&relative);
-                files.push((format!("src/{relative}"), module));
-            }
-        }
-    }
-    files.sort();
-    files
+    rust_files(&src)
+        .iter()
+        .map(|path| relative(&src, path))
+        .filter(|file| !file.starts_with("bin/") && !matches!(file.as_str(), "lib.rs" | "main.rs"))
+        .map(|file| (format!("src/{file}"), module_path(&file)))
+        .collect()
 }
 
 /// `db/tasks.rs` → `["db", "tasks"]`, `api/mod.rs` → `["api"]`.

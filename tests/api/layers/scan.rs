@@ -3,7 +3,7 @@
 //! paths, and bare names that a `use` or a child module brought into scope.
 
 use super::module_path;
-use super::tokens::{Token, is_name, text, tokenize};
+use crate::rust_source::{Token, is_name, text, tokenize};
 
 /// A path into the crate, made absolute (`["db", "tasks", "Task"]`), with its line.
 /// `anchored` says it is written from `crate`, `super` or `self`; otherwise it starts with a
