@@ -23,7 +23,8 @@ pub struct HttpConfig {
     /// listeners close (0 locally; a few seconds behind Kubernetes endpoints).
     pub shutdown_delay: Duration,
     /// `KEEL_SHUTDOWN_TIMEOUT`: the deadline for in-flight requests once the listeners
-    /// have stopped accepting; whatever is still running then is dropped.
+    /// have stopped accepting, and then for the background tasks, which stop within what
+    /// is left of it; whatever is still running then is dropped (and named in the log).
     pub shutdown_timeout: Duration,
     /// `KEEL_READINESS_TIMEOUT`: how long `/readyz` waits for each dependency.
     pub readiness_timeout: Duration,
