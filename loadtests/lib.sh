@@ -5,6 +5,17 @@
 #   PROG=core.sh                 # the prefix of every message (default: the script's name)
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
+# A bench (tasks-bench.sh, observability-bench.sh, revisions-bench.sh) sets its knobs, then:
+#
+#   require_tools python3 curl psql ...
+#   check_bench_knobs HTTP_PORT ADMIN_PORT [PORT_VAR...]    # sets API, ADMIN, DB_URL
+#   prepare_out_dir NAME '*.json' ...                       # sets raw=$OUT_DIR/NAME
+#   my_var=""; on_exit my_step                              # its own clean-up steps, if any
+#   install_cleanup                                         # traps; $scratch
+#   build_keel
+#   seed_scratch_database "$keel" "$raw/seed.json"; read_seed_report "$raw/seed.json"
+#   serve_keel "$keel" LOG; login_auth "$owner_email" "$password"; warm_up ...; run_oha ...
+#
 # What it gives:
 #   die MESSAGE                        print "PROG: MESSAGE" on stderr and exit 1
 #   duration_secs NAME VALUE           check an oha duration (500ms, 15s, 2m; at most 10m),
@@ -50,6 +61,29 @@
 #   drop_scratch_database              drops $DATABASE on $PG_SERVER, or keeps it when
 #                                      KEEP=1 (prints $DB_URL)
 #   login EMAIL PASSWORD               a fresh access token from $API
+#   login_auth EMAIL PASSWORD          the same as curl/oha arguments: sets the array auth
+#                                      (-H "authorization: Bearer TOKEN")
+#   require_tools TOOL...              each on PATH, or die "TOOL is required"
+#   check_bench_knobs PORT_VAR...      check_seed_knobs, DURATION, WARMUP, CONNECTIONS,
+#                                      check_scratch_database, check_ports PORT_VAR...,
+#                                      check_pg_server; sets API and ADMIN (loopback URLs of
+#                                      HTTP_PORT, ADMIN_PORT) and DB_URL ($PG_SERVER/$DATABASE)
+#   prepare_out_dir NAME PATTERN...    OUT_DIR made absolute; raw=$OUT_DIR/NAME; removes the
+#                                      previous NAME.json, NAME.md and raw files matching PATTERN
+#   on_exit_before_stop STEP...        functions the clean-up runs first (keel serve may run)
+#   on_exit STEP...                    functions the clean-up runs after stop_server, before
+#                                      the database is dropped
+#   install_cleanup                    clears server_pid, scratch, db_touched; traps EXIT (the
+#                                      clean-up: the steps before, stop_server, the steps
+#                                      after, drop_scratch_database if db_touched=1, rm
+#                                      $scratch; keeps the exit status), INT (exit 130) and
+#                                      TERM (exit 143); makes $scratch (mktemp -d)
+#   read_seed_report FILE              the seed report's largest project by task count: sets
+#                                      project_id, project_tasks, owner_email, password
+#   vacuum_scratch_database            VACUUM (ANALYZE) of $DB_URL (after the seed)
+#   first_task_id PROJECT CURL_ARGS... prints the id of the first task of PROJECT's list
+#   warm_up LABEL OUT ARGS...          unless WARMUP=0: note "warm-up   LABEL", run_oha $WARMUP
+#   die_if_invalid RUNS                dies with invalid_runs' lines RUNS, if any
 #   alive PID                          PID is set and the process runs
 #   stop_process PID NAME              SIGTERM, at most $STOP_TIMEOUT s, then SIGKILL;
 #                                      returns 1 if it had to be killed
@@ -186,6 +220,161 @@ login() {
         "$1" "$2")"
     response="$(http POST "$API/v1/auth/token" -H 'content-type: application/json' --data-binary "$body")"
     json 'd["access_token"]' "$response"
+}
+
+# login_auth EMAIL PASSWORD: sets auth to the curl/oha arguments of a fresh access token.
+login_auth() {
+    local token
+    token="$(login "$1" "$2")"
+    # shellcheck disable=SC2034 # the caller's
+    auth=(-H "authorization: Bearer $token")
+}
+
+# --- The benches' skeleton ----------------------------------------------------------------
+# require_tools TOOL...: each on PATH, or die.
+require_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || die "$tool is required"
+    done
+}
+
+# check_bench_knobs PORT_VAR...: the knobs every bench takes (TASKS, SEED, DURATION, WARMUP,
+# CONNECTIONS, DATABASE, KEEP, PG_SERVER) and its loopback ports (HTTP_PORT, ADMIN_PORT and
+# any other given); sets API, ADMIN (the two listeners' base URLs) and DB_URL.
+check_bench_knobs() {
+    check_seed_knobs
+    # shellcheck disable=SC2153 # DURATION is the caller's knob
+    check_duration DURATION "$DURATION"
+    check_warmup WARMUP "$WARMUP"
+    check_connections CONNECTIONS "$CONNECTIONS"
+    check_scratch_database
+    check_ports "$@"
+    check_pg_server
+    API="http://127.0.0.1:$HTTP_PORT"
+    ADMIN="http://127.0.0.1:$ADMIN_PORT"
+    check_loopback_url HTTP_PORT "$API"
+    check_loopback_url ADMIN_PORT "$ADMIN"
+    DB_URL="$PG_SERVER/$DATABASE"
+}
+
+# prepare_out_dir NAME PATTERN...: makes $OUT_DIR absolute and sets raw=$OUT_DIR/NAME (both
+# created); removes the previous run's NAME.json, NAME.md and the raw files matching the
+# PATTERNs (globs such as *.json): a failed run must not leave them looking current.
+prepare_out_dir() {
+    local name="$1" pattern
+    shift
+    mkdir -p "$OUT_DIR"
+    OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+    raw="$OUT_DIR/$name"
+    mkdir -p "$raw"
+    rm -f "$OUT_DIR/$name.json" "$OUT_DIR/$name.md"
+    for pattern in "$@"; do
+        # shellcheck disable=SC2086 # PATTERN is a glob
+        rm -f "$raw"/$pattern
+    done
+}
+
+# Clean-up, whatever happens: install_cleanup makes the EXIT trap run, with errexit off,
+#   1. the steps given to on_exit_before_stop, in order (keel serve may still run),
+#   2. stop_server,
+#   3. the steps given to on_exit, in order,
+#   4. drop_scratch_database if db_touched=1, and removes $scratch;
+# then exits with the script's status: Ctrl-C (SIGINT) exits 130, SIGTERM 143. A step is a
+# function name; the variables it reads must be set before install_cleanup.
+exit_steps_before_stop=()
+exit_steps=()
+
+on_exit_before_stop() {
+    exit_steps_before_stop+=("$@")
+}
+
+on_exit() {
+    exit_steps+=("$@")
+}
+
+# install_cleanup: clears server_pid, scratch and db_touched, installs the traps and makes
+# $scratch, a temporary directory.
+install_cleanup() {
+    server_pid=""
+    scratch=""
+    db_touched=0
+    trap run_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    scratch="$(mktemp -d)"
+}
+
+run_cleanup() {
+    local status=$? step
+    set +e
+    trap - EXIT INT TERM
+    for step in "${exit_steps_before_stop[@]}"; do
+        "$step"
+    done
+    stop_server
+    for step in "${exit_steps[@]}"; do
+        "$step"
+    done
+    [[ "$db_touched" != 1 ]] || drop_scratch_database
+    [[ -z "$scratch" ]] || rm -rf "$scratch"
+    exit "$status"
+}
+
+# read_seed_report FILE: from `keel seed`'s report, the largest project by task count: sets
+# project_id, project_tasks, owner_email (its owner) and password (every seeded user's).
+read_seed_report() {
+    local fields
+    fields="$(python3 -c '
+import json, sys
+with open(sys.argv[1]) as f:
+    d = json.load(f)
+p = max(d["largest_projects"], key=lambda p: p["tasks"])
+print(p["id"], p["tasks"], p["owner"]["email"], d["password"], sep="\n")' "$1")" ||
+        die "could not read the seed report $1"
+    # shellcheck disable=SC2034 # the caller's
+    {
+        IFS= read -r project_id
+        IFS= read -r project_tasks
+        IFS= read -r owner_email
+        IFS= read -r password
+    } <<<"$fields"
+    [[ "$project_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected project id in the seed report: $project_id"
+}
+
+# vacuum_scratch_database: VACUUM (ANALYZE) of $DB_URL after the seed, for fresh statistics
+# and no autovacuum waking up during the first runs (within $PG_STATEMENT_TIMEOUT).
+vacuum_scratch_database() {
+    pg "$DB_URL" -c 'vacuum (analyze)'
+}
+
+# first_task_id PROJECT_ID CURL_ARGS...: prints the id of the first task of the project's
+# list (GET $API/v1/projects/{id}/tasks?limit=1, with CURL_ARGS such as the auth header);
+# dies on anything else.
+first_task_id() {
+    local project="$1" response id
+    shift
+    response="$(http GET "$API/v1/projects/$project/tasks?limit=1" "$@")"
+    id="$(json 'd["items"][0]["id"]' "$response")"
+    [[ "$id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected task id: $id"
+    echo "$id"
+}
+
+# warm_up LABEL OUT ARGS...: unless WARMUP=0, says "warm-up   LABEL" and runs oha for
+# $WARMUP (run_oha OUT ARGS...).
+warm_up() {
+    local label="$1"
+    shift
+    [[ "$WARMUP" != "0" ]] || return 0
+    note "warm-up   $label"
+    run_oha "$WARMUP" "$@"
+}
+
+# die_if_invalid RUNS: dies when RUNS (invalid_runs' lines) is not empty; call it after the
+# results are written.
+die_if_invalid() {
+    [[ -z "$1" ]] || die "some responses were not 2xx or failed; the figures measure an error path:
+$1"
 }
 
 # --- Processes ---------------------------------------------------------------------------

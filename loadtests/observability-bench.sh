@@ -79,29 +79,16 @@ STOP_TIMEOUT=30
 SINK_TIMEOUT=30
 PIP_TIMEOUT=900
 
-for tool in python3 curl psql cargo timeout; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+require_tools python3 curl psql cargo timeout
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 3.9 or later is required"
 
 # --- Knobs -------------------------------------------------------------------------------
-check_seed_knobs
-check_duration DURATION "$DURATION"
-check_warmup WARMUP "$WARMUP"
-check_connections CONNECTIONS "$CONNECTIONS"
+check_bench_knobs HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT
 check_rounds ROUNDS "$ROUNDS"
-check_scratch_database
-check_ports HTTP_PORT ADMIN_PORT SINK_PORT SINK_STATS_PORT
-check_pg_server
 
-API="http://127.0.0.1:$HTTP_PORT"
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
 SINK="http://127.0.0.1:$SINK_PORT"
 SINK_STATS="http://127.0.0.1:$SINK_STATS_PORT/stats"
-check_loopback_url HTTP_PORT "$API"
-check_loopback_url ADMIN_PORT "$ADMIN"
 check_loopback_url SINK_PORT "$SINK"
-DB_URL="$PG_SERVER/$DATABASE"
 
 # Each configuration sets the telemetry variables it needs; inherited ones would blur them
 # (an OTEL_EXPORTER_OTLP_ENDPOINT from the shell would export traces in 1 and 2 too).
@@ -111,13 +98,7 @@ while IFS= read -r var; do
     unset "$var"
 done < <(compgen -e | grep -E '^(OTEL_|KEEL_METRICS_ENABLED$)' || true)
 
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-raw="$OUT_DIR/observability-bench"
-mkdir -p "$raw"
-# A failed run must not leave the previous run's results looking current.
-rm -f "$OUT_DIR/observability-bench.json" "$OUT_DIR/observability-bench.md" \
-    "$raw"/*.json "$raw"/*.log "$raw"/*.prom
+prepare_out_dir observability-bench '*.json' '*.log' '*.prom'
 cd "$root"
 
 # --- Configurations ----------------------------------------------------------------------
@@ -179,28 +160,17 @@ print(json.dumps({"all_routes": total, "get_task": route}))
 PY
 }
 
-# --- Clean-up, whatever happens ----------------------------------------------------------
-server_pid=""
+# --- Clean-up, whatever happens (lib.sh: the server, the database, $scratch) -------------
 sink_pid=""
-scratch=""
-db_touched=0
 
-cleanup() {
-    local status=$?
-    set +e
-    trap - EXIT INT TERM
-    stop_server
+# After keel serve stops (its last spans flushed to the sink).
+stop_sink_at_exit() {
     if [[ -n "$sink_pid" ]]; then
         stop_sink && note "stopped the OTLP sink"
     fi
-    [[ "$db_touched" != 1 ]] || drop_scratch_database
-    [[ -z "$scratch" ]] || rm -rf "$scratch"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-scratch="$(mktemp -d)"
+on_exit stop_sink_at_exit
+install_cleanup
 
 # --- Build, load generator, sink's packages ----------------------------------------------
 ensure_oha
@@ -237,13 +207,8 @@ wait_ready "the OTLP sink" "$sink_pid" "$SINK_STATS" "$raw/sink.log" "$SINK_TIME
 
 # --- Database and seed -------------------------------------------------------------------
 seed_scratch_database "$keel" "$raw/seed.json"
-seed_report="$(cat "$raw/seed.json")"
-project_id="$(json 'd["largest_projects"][0]["id"]' "$seed_report")"
-owner_email="$(json 'd["largest_projects"][0]["owner"]["email"]' "$seed_report")"
-password="$(json 'd["password"]' "$seed_report")"
-[[ "$project_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected project id in the seed report: $project_id"
-# Fresh statistics and no autovacuum waking up during the first configuration.
-pg "$DB_URL" -c 'vacuum (analyze)'
+read_seed_report "$raw/seed.json"
+vacuum_scratch_database
 
 # --- Runs --------------------------------------------------------------------------------
 task_id=""
@@ -280,12 +245,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
             [[ "$metrics_status" == 404 ]] || die "$name: GET /metrics answered $metrics_status, expected 404"
         fi
 
-        token="$(login "$owner_email" "$password")"
-        auth=(-H "authorization: Bearer $token")
+        login_auth "$owner_email" "$password"
         if [[ -z "$task_id" ]]; then
-            response="$(http GET "$API/v1/projects/$project_id/tasks?limit=1" "${auth[@]}")"
-            task_id="$(json 'd["items"][0]["id"]' "$response")"
-            [[ "$task_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected task id: $task_id"
+            task_id="$(first_task_id "$project_id" "${auth[@]}")"
             note "measuring GET /v1/tasks/$task_id"
         fi
         url="$API/v1/tasks/$task_id"
@@ -293,10 +255,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         response="$(http GET "$url" "${auth[@]}")"
         [[ "$(json 'd["id"]' "$response")" == "$task_id" ]] || die "$name: GET $url did not return the task"
 
-        if [[ "$WARMUP" != "0" ]]; then
-            note "warm-up   $label"
-            run_oha "$WARMUP" "$raw/warmup-$tag.json" "${auth[@]}" "$url"
-        fi
+        warm_up "$label" "$raw/warmup-$tag.json" "${auth[@]}" "$url"
         note "measuring $label"
         keel_cpu_before="$(cpu_ticks "$server_pid")"
         sink_cpu_before="$(cpu_ticks "$sink_pid")"

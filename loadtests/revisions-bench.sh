@@ -87,9 +87,7 @@ usage="usage: [BASE_BIN=path] [HEAD_BIN=path] loadtests/revisions-bench.sh BASE 
   BASE, HEAD: git revisions (HEAD defaults to HEAD; '.' is the working tree, uncommitted
   changes included); a side given by BASE_BIN or HEAD_BIN takes no argument"
 
-for tool in python3 curl psql git timeout sha256sum; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+require_tools python3 curl psql git timeout sha256sum
 
 # --- Arguments: what BASE and HEAD are ---------------------------------------------------
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
@@ -156,34 +154,15 @@ resolve_side() {
 
 # --- Knobs -------------------------------------------------------------------------------
 check_rounds ROUNDS "$ROUNDS"
-check_duration DURATION "$DURATION"
-check_warmup WARMUP "$WARMUP"
-check_connections CONNECTIONS "$CONNECTIONS"
-check_seed_knobs
-check_scratch_database
-check_ports HTTP_PORT ADMIN_PORT
-check_pg_server
-
-API="http://127.0.0.1:$HTTP_PORT"
-check_loopback_url HTTP_PORT "$API"
-check_loopback_url ADMIN_PORT "http://127.0.0.1:$ADMIN_PORT"
-DB_URL="$PG_SERVER/$DATABASE"
+check_bench_knobs HTTP_PORT ADMIN_PORT
 
 resolve_side 0
 resolve_side 1
 
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-raw="$OUT_DIR/revisions-bench"
-mkdir -p "$raw"
-# A failed run must not leave the previous run's results looking current.
-rm -f "$OUT_DIR/revisions-bench.json" "$OUT_DIR/revisions-bench.md" "$raw"/*.json "$raw"/*.log
+prepare_out_dir revisions-bench '*.json' '*.log'
 cd "$root"
 
-# --- Clean-up, whatever happens ----------------------------------------------------------
-server_pid=""
-scratch=""
-db_touched=0
+# --- Clean-up, whatever happens (lib.sh: the server, the database, $scratch) -------------
 worktree=""
 
 remove_worktree() {
@@ -191,23 +170,15 @@ remove_worktree() {
     git -C "$root" worktree prune
 }
 
-cleanup() {
-    local status=$?
-    set +e
-    trap - EXIT INT TERM
-    stop_server
+# After keel serve stops: a worktree still building, a binary half copied.
+remove_build_at_exit() {
     if [[ -n "$worktree" ]]; then
         remove_worktree "$worktree" && note "removed the worktree $worktree"
     fi
     rm -f "$revisions"/keel-*.partial.$$
-    [[ "$db_touched" != 1 ]] || drop_scratch_database
-    [[ -z "$scratch" ]] || rm -rf "$scratch"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-scratch="$(mktemp -d)"
+on_exit remove_build_at_exit
+install_cleanup
 
 # --- The two binaries --------------------------------------------------------------------
 # build_revision SHA: sets $keel to the release binary of commit SHA, built once and kept.
@@ -271,13 +242,8 @@ timeout --foreground --kill-after=10 "$MIGRATE_TIMEOUT" \
     die "HEAD's keel migrate failed on the database BASE seeded: HEAD lacks a migration BASE has (is HEAD older than BASE?), or one was edited; $(tail -n 5 "$raw/migrate.log")"
 head_migrations="$(applied_migrations)"
 note "migrations applied: $base_migrations by BASE's seed, $((head_migrations - base_migrations)) more by HEAD"
-seed_report="$(cat "$raw/seed.json")"
-project_id="$(json 'd["largest_projects"][0]["id"]' "$seed_report")"
-owner_email="$(json 'd["largest_projects"][0]["owner"]["email"]' "$seed_report")"
-password="$(json 'd["password"]' "$seed_report")"
-[[ "$project_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected project id in the seed report: $project_id"
-# Fresh statistics and no autovacuum waking up during the first runs.
-pg "$DB_URL" -c 'vacuum (analyze)'
+read_seed_report "$raw/seed.json"
+vacuum_scratch_database
 
 # --- Runs --------------------------------------------------------------------------------
 endpoint_names=("GET /v1/me" "GET /v1/tasks/{id}")
@@ -298,12 +264,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
         note "round $round: starting ${side}'s keel serve (${labels[$i]})"
         serve_keel "${binaries[$i]}" "$raw/server-$round-$side.log"
 
-        token="$(login "$owner_email" "$password")"
-        auth=(-H "authorization: Bearer $token")
+        login_auth "$owner_email" "$password"
         if [[ -z "$task_id" ]]; then
-            response="$(http GET "$API/v1/projects/$project_id/tasks?limit=1" "${auth[@]}")"
-            task_id="$(json 'd["items"][0]["id"]' "$response")"
-            [[ "$task_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected task id: $task_id"
+            task_id="$(first_task_id "$project_id" "${auth[@]}")"
             note "GET /v1/tasks/{id} reads the task $task_id (project $project_id)"
         fi
         urls=("$API/v1/me" "$API/v1/tasks/$task_id")
@@ -316,10 +279,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for e in 0 1; do
             tag="$round-$side-${endpoint_keys[$e]}"
             label="round $round, $side"
-            if [[ "$WARMUP" != "0" ]]; then
-                note "warm-up   $label: ${endpoint_names[$e]}"
-                run_oha "$WARMUP" "$raw/warmup-$tag.json" "${auth[@]}" "${urls[$e]}"
-            fi
+            warm_up "$label: ${endpoint_names[$e]}" "$raw/warmup-$tag.json" "${auth[@]}" "${urls[$e]}"
             note "measuring $label: ${endpoint_names[$e]}"
             run_oha "$DURATION" "$raw/result-$tag.json" "${auth[@]}" "${urls[$e]}"
             alive "$server_pid" || die "${side}'s keel serve died during $label; see $raw/server-$round-$side.log"
@@ -529,5 +489,4 @@ print(f"results: {out}/revisions-bench.json, {out}/revisions-bench.md "
 PY
 
 # Figures taken on an error path are no figures: fail the run (after writing them).
-[[ -z "$bad" ]] || die "some responses were not 2xx or failed; the figures measure an error path:
-$bad"
+die_if_invalid "$bad"

@@ -60,31 +60,12 @@ SEED_TIMEOUT=3600
 INDEX_TIMEOUT=1800
 STOP_TIMEOUT=30
 
-for tool in python3 curl psql cargo timeout; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+require_tools python3 curl psql cargo timeout
 
 # --- Knobs -------------------------------------------------------------------------------
-check_seed_knobs
-check_duration DURATION "$DURATION"
-check_warmup WARMUP "$WARMUP"
-check_connections CONNECTIONS "$CONNECTIONS"
-check_scratch_database
-check_ports HTTP_PORT ADMIN_PORT
-check_pg_server
+check_bench_knobs HTTP_PORT ADMIN_PORT
 
-API="http://127.0.0.1:$HTTP_PORT"
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
-check_loopback_url HTTP_PORT "$API"
-check_loopback_url ADMIN_PORT "$ADMIN"
-DB_URL="$PG_SERVER/$DATABASE"
-
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-raw="$OUT_DIR/tasks-bench"
-mkdir -p "$raw"
-# A failed run must not leave the previous run's results looking current.
-rm -f "$OUT_DIR/tasks-bench.json" "$OUT_DIR/tasks-bench.md" "$raw"/*.json "$raw"/server.log
+prepare_out_dir tasks-bench '*.json' server.log
 cd "$root"
 
 # --- Helpers -----------------------------------------------------------------------------
@@ -122,19 +103,15 @@ set_batch_loading() {
     note "batch_loading = $1"
 }
 
-# --- Clean-up, whatever happens ----------------------------------------------------------
-server_pid=""
-scratch=""
-db_touched=0
+# --- Clean-up, whatever happens (lib.sh: the server, the database, $scratch) -------------
 indexes_dropped=0
 flag_changed=0
 flag_initial=""
 flag_now=""
 
-cleanup() {
-    local status=$?
-    set +e
-    trap - EXIT INT TERM
+# While keel serve may still run: the flag back through the admin API, or (KEEP=1) in the
+# database.
+restore_flag_at_exit() {
     if [[ "$flag_changed" == 1 && -n "$flag_initial" && "$flag_now" != "$flag_initial" ]]; then
         if alive "$server_pid" &&
             curl -s -f --max-time 10 -o /dev/null -X PUT "${admin_auth[@]}" \
@@ -146,7 +123,10 @@ cleanup() {
                 note "batch_loading restored to $flag_initial (in the database)"
         fi
     fi
-    stop_server
+}
+
+# After keel serve stops: the indexes back if the database is kept.
+restore_indexes_at_exit() {
     if [[ "$indexes_dropped" == 1 ]]; then
         if [[ "$KEEP" == 1 ]]; then
             note "restoring the indexes"
@@ -155,14 +135,10 @@ cleanup() {
             note "indexes left dropped: the database is dropped anyway"
         fi
     fi
-    [[ "$db_touched" != 1 ]] || drop_scratch_database
-    [[ -z "$scratch" ]] || rm -rf "$scratch"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-scratch="$(mktemp -d)"
+on_exit_before_stop restore_flag_at_exit
+on_exit restore_indexes_at_exit
+install_cleanup
 
 # --- Build, load generator ---------------------------------------------------------------
 ensure_oha
@@ -173,12 +149,7 @@ check_ports_free HTTP_PORT ADMIN_PORT
 
 # --- Database and seed -------------------------------------------------------------------
 seed_scratch_database "$keel" "$raw/seed.json"
-seed_report="$(cat "$raw/seed.json")"
-read -r project_id project_tasks owner_email < <(json '
-" ".join(str(x) for x in (lambda p: (p["id"], p["tasks"], p["owner"]["email"]))(
-    max(d["largest_projects"], key=lambda p: p["tasks"])))' "$seed_report")
-password="$(json 'd["password"]' "$seed_report")"
-[[ "$project_id" =~ ^[0-9a-fA-F-]{36}$ ]] || die "unexpected project id in the seed report: $project_id"
+read_seed_report "$raw/seed.json"
 min_tasks=$((DEEP_PAGES * DEEP_PAGE_LIMIT + 100))
 ((project_tasks >= min_tasks)) ||
     die "the largest project has $project_tasks tasks; the deep page needs $min_tasks: raise TASKS"
@@ -195,13 +166,13 @@ flag_now="$flag_initial"
 [[ "$flag_now" == true ]] || set_batch_loading true
 
 # --- The deep cursor ---------------------------------------------------------------------
-token="$(login "$owner_email" "$password")"
+login_auth "$owner_email" "$password"
 tasks_url="$API/v1/projects/$project_id/tasks"
 cursor=""
 for ((page = 1; page <= DEEP_PAGES; page++)); do
     url="$tasks_url?limit=$DEEP_PAGE_LIMIT"
     [[ -z "$cursor" ]] || url+="&cursor=$(urlencode "$cursor")"
-    response="$(http GET "$url" -H "authorization: Bearer $token")"
+    response="$(http GET "$url" "${auth[@]}")"
     cursor="$(json "
 (d['next_cursor'] if len(d['items']) == $DEEP_PAGE_LIMIT and d['next_cursor'] else '')" "$response")"
     [[ -n "$cursor" ]] || die "page $page of the project's tasks is short or has no next_cursor"
@@ -249,8 +220,7 @@ for i in "${!names[@]}"; do
     fi
     [[ "$flag_now" == "${batching[$i]}" ]] || set_batch_loading "${batching[$i]}"
 
-    token="$(login "$owner_email" "$password")"
-    auth=(-H "authorization: Bearer $token")
+    login_auth "$owner_email" "$password"
     url="$tasks_url?limit=${limits[$i]}"
     [[ "${pages[$i]}" == first ]] || url+="&cursor=$deep_cursor"
     # One checked request first: a full page, answered 200.
@@ -258,10 +228,7 @@ for i in "${!names[@]}"; do
     [[ "$(json 'len(d["items"])' "$response")" == "${limits[$i]}" ]] ||
         die "$name: the page does not have ${limits[$i]} items"
 
-    if [[ "$WARMUP" != "0" ]]; then
-        note "warm-up   $name"
-        run_oha "$WARMUP" "$raw/warmup-$i.json" "${auth[@]}" "$url"
-    fi
+    warm_up "$name" "$raw/warmup-$i.json" "${auth[@]}" "$url"
     note "measuring $name"
     run_oha "$DURATION" "$raw/result-$i.json" "${auth[@]}" "$url"
     alive "$server_pid" || die "keel serve died during \"$name\"; see $raw/server.log"
@@ -437,6 +404,4 @@ print(f"results: {out}/tasks-bench.json, {out}/tasks-bench.md (raw oha JSON: {ou
 PY
 
 # Figures taken on an error path are no figures: fail the run (after writing them).
-bad="$(invalid_runs "${records[@]}")"
-[[ -z "$bad" ]] || die "some responses were not 2xx or failed; the figures measure an error path:
-$bad"
+die_if_invalid "$(invalid_runs "${records[@]}")"
