@@ -134,7 +134,7 @@ fn key_id(var: &'static str, raw: String) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vars::with_vars;
+    use crate::config::vars::{refused_var, with_vars};
 
     const STRONG: &str = "a-production-secret-that-is-long-enough";
 
@@ -143,9 +143,7 @@ mod tests {
     }
 
     fn var_of(pairs: &[(&str, &str)]) -> &'static str {
-        auth(pairs, Environment::Dev)
-            .expect_err("configuration should be refused")
-            .var
+        refused_var(pairs, |vars| AuthConfig::read(vars, Environment::Dev))
     }
 
     #[test]

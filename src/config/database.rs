@@ -103,12 +103,10 @@ impl DatabaseConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vars::with_vars;
+    use crate::config::vars::{refused_var, with_vars};
 
     fn var_of(pairs: &[(&str, &str)]) -> &'static str {
-        with_vars(pairs, DatabaseConfig::read)
-            .expect_err("configuration should be refused")
-            .var
+        refused_var(pairs, DatabaseConfig::read)
     }
 
     #[test]

@@ -55,12 +55,10 @@ impl LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vars::with_vars;
+    use crate::config::vars::{refused_var, with_vars};
 
     fn var_of(pairs: &[(&str, &str)]) -> &'static str {
-        with_vars(pairs, LogConfig::read)
-            .expect_err("configuration should be refused")
-            .var
+        refused_var(pairs, LogConfig::read)
     }
 
     #[test]

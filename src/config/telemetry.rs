@@ -114,14 +114,12 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vars::with_vars;
+    use crate::config::vars::{refused_var, with_vars};
 
     const OTEL: (&str, &str) = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
 
     fn var_of(pairs: &[(&str, &str)]) -> &'static str {
-        with_vars(pairs, TelemetryConfig::read)
-            .expect_err("configuration should be refused")
-            .var
+        refused_var(pairs, TelemetryConfig::read)
     }
 
     #[test]

@@ -188,6 +188,18 @@ pub(super) fn with_vars<R>(pairs: &[(&str, &str)], read: impl FnOnce(&Vars<'_>) 
     read(&Vars::new(&lookup))
 }
 
+/// The variable a section names when it refuses exactly `pairs` (the test fails if the
+/// section accepts them).
+#[cfg(test)]
+pub(super) fn refused_var<T: std::fmt::Debug>(
+    pairs: &[(&str, &str)],
+    read: impl FnOnce(&Vars<'_>) -> Result<T, ConfigError>,
+) -> &'static str {
+    with_vars(pairs, read)
+        .expect_err("configuration should be refused")
+        .var
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;
