@@ -13,12 +13,13 @@
 //! `read(&Vars, …)` and holding its own tests: `log.rs` ([`LogConfig`]), `telemetry.rs`
 //! ([`TelemetryConfig`]: metrics, traces, sampler), `database.rs` ([`DatabaseConfig`]),
 //! `http.rs` ([`HttpConfig`]: listeners, limits, shutdown), `auth.rs` ([`AuthConfig`]: JWT
-//! keys, admin token, password hashing) and `flags.rs` ([`FlagsConfig`]). `vars.rs` is the
-//! reader they share (empty counts as unset, ranges, durations, secrets); this file composes
-//! the sections. They are read in a fixed order (environment, log, telemetry, http, auth,
-//! flags, database) and the first bad value wins. No check spans two sections today (the
-//! admin token differing from the JWT secret involves only `auth`); one that must would go
-//! in [`Config::from_lookup`].
+//! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) and `redis.rs`
+//! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis).
+//! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
+//! this file composes the sections. They are read in a fixed order (environment, log,
+//! telemetry, http, auth, flags, database, redis) and the first bad value wins. No check
+//! spans two sections today (the admin token differing from the JWT secret involves only
+//! `auth`); one that must would go in [`Config::from_lookup`].
 //!
 //! # Why a hand-written reader
 //!
@@ -48,6 +49,7 @@ mod database;
 mod flags;
 mod http;
 mod log;
+mod redis;
 mod telemetry;
 mod vars;
 
@@ -56,6 +58,7 @@ pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
+pub use redis::RedisConfig;
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
 
 pub use vars::{ConfigError, Environment};
@@ -69,6 +72,7 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
+    pub redis: RedisConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
@@ -94,11 +98,13 @@ impl Config {
         let auth = AuthConfig::read(&vars, env)?;
         let flags = FlagsConfig::read(&vars)?;
         let database = DatabaseConfig::read(&vars)?;
+        let redis = RedisConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
             telemetry,
             database,
+            redis,
             http,
             auth,
             flags,
@@ -179,6 +185,7 @@ mod tests {
             ("KEEL_JWT_TTL", "1s"),
             ("KEEL_FLAGS_POLL_INTERVAL", "10s"),
             ("KEEL_DB_MAX_CONNECTIONS", "0"),
+            ("KEEL_REDIS_POOL_SIZE", "0"),
         ];
         for first in 0..bad.len() {
             let err = config(&bad[first..], Environment::Dev).unwrap_err();
@@ -189,7 +196,10 @@ mod tests {
     #[test]
     fn debug_output_redacts_secrets() {
         let c = config(
-            &[("DATABASE_URL", "postgres://u:hunter2-password@h/db")],
+            &[
+                ("DATABASE_URL", "postgres://u:hunter2-password@h/db"),
+                ("REDIS_URL", "redis://:hunter2-password@h:6379"),
+            ],
             Environment::Dev,
         )
         .unwrap();
