@@ -20,6 +20,7 @@
 //! | loading | [`loaders`] | reads composed of several statements ("tasks with details"); the `batch_loading` strategy; where the cache goes |
 //! | core | [`auth`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the fix-flag registry; the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
+//! | resilience | [`resilience`] | the circuit breaker around the dependencies the service can do without (Redis now, RabbitMQ and SMTP next); imports nothing from the crate, so every layer above may use it |
 //! | telemetry | [`telemetry`] | logs, traces, the metrics registry (takes values, never the state) |
 //! | foundation | [`domain`], [`config`], [`shutdown`] | rules and validated types (no axum, no sqlx); configuration, one file per section; the stop signal |
 //!
@@ -32,7 +33,8 @@
 //!
 //! Public, for the binary and the integration tests: [`cli`], [`server`], [`state`],
 //! [`config`], [`db`], [`domain`], [`auth`], [`flags`], [`loaders`] (a field of the
-//! state), [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
+//! state), [`readiness`], [`background`], [`resilience`], [`telemetry`], [`seed`],
+//! [`shutdown`].
 //! Internal (`pub(crate)`): the HTTP layer (`api`, `admin`, `middleware`, `http`) and the
 //! `demo` data — tests reach them only through HTTP.
 //!
@@ -55,6 +57,7 @@ pub(crate) mod http;
 pub mod loaders;
 pub(crate) mod middleware;
 pub mod readiness;
+pub mod resilience;
 pub mod seed;
 pub mod server;
 pub mod shutdown;

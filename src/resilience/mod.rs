@@ -1,0 +1,16 @@
+//! Resilience around the dependencies Keel can serve without: Redis now, RabbitMQ and SMTP
+//! next. When one of them is down, each call to it should fail at once and take its
+//! fallback (Redis down → read from Postgres), rather than wait out a timeout against
+//! something that is not there, and the dependency should get room to come back.
+//!
+//! - [`Breaker`]: a circuit breaker, one per dependency, shared by every caller of it.
+//!
+//! The module imports nothing from the rest of the crate: the caller names the breaker,
+//! passes its settings (from its own config section) and decides what counts as a failure,
+//! so the cache, the jobs and the database layer can all use it without depending on each
+//! other. Retry with a budget and timeouts cut from a request's deadline belong here too
+//! when they land.
+
+mod breaker;
+
+pub use breaker::{Breaker, BreakerSettings, BreakerState, Permit};
