@@ -168,7 +168,7 @@ seed_scratch_database() {
     pg "$PG_SERVER/postgres" -c "drop database if exists \"$DATABASE\" with (force)"
     note "seeding $TASKS tasks (seed $SEED) into $DATABASE"
     timeout --foreground --kill-after=10 "$SEED_TIMEOUT" \
-        env KEEL_ENV=dev DATABASE_URL="$DB_URL" RUST_LOG=warn \
+        env KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_REDIS_PREFIX="$REDIS_PREFIX" RUST_LOG=warn \
         "$bin" seed --tasks "$TASKS" --seed "$SEED" --out "$report" >&2
 }
 
@@ -180,8 +180,8 @@ serve_keel() {
     local bin="$1" log="$2"
     shift 2
     check_ports_free HTTP_PORT ADMIN_PORT
-    env KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-        KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn "$@" \
+    env KEEL_ENV=dev DATABASE_URL="$DB_URL" KEEL_REDIS_PREFIX="$REDIS_PREFIX" \
+        KEEL_HTTP_ADDR="127.0.0.1:$HTTP_PORT" KEEL_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn "$@" \
         "$bin" serve >"$log" 2>&1 &
     server_pid=$!
     wait_ready "keel serve" "$server_pid" "http://127.0.0.1:$ADMIN_PORT/readyz" "$log" "$READY_TIMEOUT"
@@ -241,7 +241,8 @@ require_tools() {
 
 # check_bench_knobs PORT_VAR...: the knobs every bench takes (TASKS, SEED, DURATION, WARMUP,
 # CONNECTIONS, DATABASE, KEEP, PG_SERVER) and its loopback ports (HTTP_PORT, ADMIN_PORT and
-# any other given); sets API, ADMIN (the two listeners' base URLs) and DB_URL.
+# any other given); sets API, ADMIN (the two listeners' base URLs), DB_URL and REDIS_PREFIX
+# (the Redis key prefix of the scratch database's cache entries).
 check_bench_knobs() {
     check_seed_knobs
     # shellcheck disable=SC2153 # DURATION is the caller's knob
@@ -256,6 +257,9 @@ check_bench_knobs() {
     check_loopback_url HTTP_PORT "$API"
     check_loopback_url ADMIN_PORT "$ADMIN"
     DB_URL="$PG_SERVER/$DATABASE"
+    # The scratch database's cache entries live under their own prefix, apart from those
+    # of a service running beside the bench (and `keel seed` drops only these).
+    REDIS_PREFIX="${REDIS_PREFIX:-keel-bench:$DATABASE:}"
 }
 
 # prepare_out_dir NAME PATTERN...: makes $OUT_DIR absolute and sets raw=$OUT_DIR/NAME (both

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::auth::{Keyring, PasswordHasher};
+use crate::cache::Cache;
 use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
 use crate::seed::{SeedOptions, generate::Sizes};
 use crate::server::Application;
@@ -186,6 +187,14 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
     );
     let tokens = Keyring::new(&config.auth.jwt);
     let report = seed::run(&pool, &options, &passwords, &tokens).await?;
+    // A running service may hold entries of the data that `--reset` replaced.
+    if let Err(e) = Cache::new(&config.redis)?.drop_all().await {
+        tracing::warn!(
+            error = %e,
+            "could not drop the cache's entries: a running service may serve replaced data \
+             until KEEL_CACHE_TTL has passed"
+        );
+    }
     seed::write_report(&report, args.out.as_ref())?;
     pool.close().await;
     Ok(())

@@ -36,19 +36,21 @@ use crate::db;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
-/// flags (`cache`, `async_jobs`, `rate_limit`, `load_shedding`, `timeouts`,
-/// `circuit_breaker`) arrive with their fixes. All default to on.
+/// flags (`async_jobs`, `rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`)
+/// arrive with their fixes. All default to on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     BatchLoading,
+    Cache,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 1] = [Flag::BatchLoading];
+    pub const ALL: [Flag; 2] = [Flag::BatchLoading, Flag::Cache];
 
     pub fn name(self) -> &'static str {
         match self {
             Flag::BatchLoading => "batch_loading",
+            Flag::Cache => "cache",
         }
     }
 
@@ -58,6 +60,7 @@ impl Flag {
             Flag::BatchLoading => {
                 "a page of tasks loads each assignee and comment count with its own query (N+1)"
             }
+            Flag::Cache => "hot reads always go to Postgres",
         }
     }
 

@@ -17,8 +17,8 @@
 //! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
 //! | state | [`state`] | [`state::AppState`]: what handlers share |
 //! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |
-//! | loading | [`loaders`] | reads composed of several statements ("tasks with details"); the `batch_loading` strategy; where the cache goes |
-//! | core | [`auth`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the fix-flag registry; the readiness registry; the background-task registry |
+//! | loading | [`loaders`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies |
+//! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry; the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
 //! | resilience | [`resilience`] | the circuit breaker around the dependencies the service can do without (Redis now, RabbitMQ and SMTP next); imports nothing from the crate, so every layer above may use it |
 //! | telemetry | [`telemetry`] | logs, traces, the metrics registry (takes values, never the state) |
@@ -32,9 +32,8 @@
 //! # Public and internal
 //!
 //! Public, for the binary and the integration tests: [`cli`], [`server`], [`state`],
-//! [`config`], [`db`], [`domain`], [`auth`], [`flags`], [`loaders`] (a field of the
-//! state), [`readiness`], [`background`], [`resilience`], [`telemetry`], [`seed`],
-//! [`shutdown`].
+//! [`config`], [`db`], [`domain`], [`auth`], [`cache`], [`flags`], [`loaders`] (a field of
+//! the state), [`resilience`], [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
 //! Internal (`pub(crate)`): the HTTP layer (`api`, `admin`, `middleware`, `http`) and the
 //! `demo` data — tests reach them only through HTTP.
 //!
@@ -47,6 +46,7 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub mod auth;
 pub mod background;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;

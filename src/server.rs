@@ -242,13 +242,28 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
                     SizeAbove::new(config.compression_min_bytes)
                         .and(NotForContentType::GRPC)
                         .and(NotForContentType::IMAGES)
-                        .and(NotForContentType::SSE),
+                        .and(NotForContentType::SSE)
+                        .and(not_strongly_tagged),
                 ),
             )
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )
+}
+
+/// A strong `ETag` names one exact representation, so a gzipped body may not carry the
+/// tag of the plain one (RFC 9110 §8.8.3). The tagged responses are single resources,
+/// small enough that compression saves little: they go out uncompressed.
+fn not_strongly_tagged(
+    _: axum::http::StatusCode,
+    _: axum::http::Version,
+    headers: &axum::http::HeaderMap,
+    _: &axum::http::Extensions,
+) -> bool {
+    headers
+        .get(axum::http::header::ETAG)
+        .is_none_or(|tag| tag.as_bytes().starts_with(b"W/"))
 }
 
 #[cfg(test)]

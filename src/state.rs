@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{CursorKey, Keyring, PasswordHasher};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::flags::Flags;
@@ -39,8 +40,11 @@ pub struct App {
     pub db: Db,
     /// This instance's snapshot of the workshop fix flags.
     pub flags: Flags,
-    /// Reads composed of several statements ("tasks with details"): the strategy and
-    /// its fix flag live there, not in the handlers.
+    /// Redis in front of the hot reads. Handlers use it only to invalidate after a
+    /// write; reads go through the loaders.
+    pub cache: Cache,
+    /// Every hot read ("a task with details", "the caller's role"): the strategy, the
+    /// cache and their fix flags live there, not in the handlers.
     pub loaders: Loaders,
     /// Signs and verifies access tokens (current key + one retired key).
     pub tokens: Arc<Keyring>,
@@ -48,8 +52,9 @@ pub struct App {
     pub passwords: PasswordHasher,
     /// Signs pagination cursors.
     pub cursors: CursorKey,
-    /// The dependencies `/readyz` probes: Postgres (required); the cache and the broker
-    /// register theirs as they land.
+    /// The dependencies `/readyz` probes: Postgres (required), Redis (optional: without
+    /// it the service is `degraded` and serves from Postgres); the broker registers its
+    /// own when it lands.
     pub readiness: Readiness,
     /// Fires when the process is asked to stop; readiness reports `draining` from then.
     pub shutdown: CancellationToken,
@@ -90,8 +95,20 @@ impl AppState {
                 async move { db::ping(&pool).await }
             },
         );
+        let cache = Cache::new(&config.redis)?;
+        let probe_cache = cache.clone();
+        readiness.register(
+            "redis",
+            Need::Optional,
+            config.http.readiness_timeout,
+            move || {
+                let cache = probe_cache.clone();
+                async move { cache.ping().await }
+            },
+        );
         Ok(Self(Arc::new(App {
-            loaders: Loaders::new(db.clone(), flags.clone()),
+            loaders: Loaders::new(db.clone(), cache.clone(), flags.clone()),
+            cache,
             config,
             db,
             flags,
@@ -120,5 +137,11 @@ impl FromRef<AppState> for Arc<Keyring> {
 impl FromRef<AppState> for Loaders {
     fn from_ref(state: &AppState) -> Self {
         state.loaders.clone()
+    }
+}
+
+impl FromRef<AppState> for Cache {
+    fn from_ref(state: &AppState) -> Self {
+        state.cache.clone()
     }
 }

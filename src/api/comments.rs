@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::extract::TaskAccess;
 use super::pagination::{Page, PageParams};
+use crate::cache::{Cache, Stale};
 use crate::db::{self, Db, Keyset};
 use crate::domain::CommentBody as CommentText;
 use crate::http::{ApiError, AppJson, AppQuery, ResultExt};
@@ -81,6 +82,7 @@ impl From<db::comments::Comment> for CommentBody {
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn create_comment(
     State(db): State<Db>,
+    State(cache): State<Cache>,
     access: TaskAccess,
     AppJson(body): AppJson<CreateComment>,
 ) -> Result<(StatusCode, AppJson<CommentBody>), ApiError> {
@@ -94,6 +96,9 @@ async fn create_comment(
     )
     .await
     .on_constraint(db::comments::TASK_FKEY, || ApiError::NotFound("task"))?;
+    cache
+        .invalidate(&[Stale::CommentCount(access.task_id)])
+        .await;
     Ok((StatusCode::CREATED, AppJson(comment.into())))
 }
 

@@ -9,7 +9,10 @@
 //!   nowhere else: a handler that takes `ProjectAccess<OwnerOrAdmin>` cannot run for a
 //!   plain member, and one that takes `TaskAccess` cannot run for a non-member.
 //!
-//! Each asks the state only for the part it needs (`Keyring`, `Db`), through `FromRef`.
+//! Each asks the state only for the part it needs (`Keyring`, `Loaders`), through
+//! `FromRef`. The checks read through the loaders, so with the cache on a membership
+//! check costs one Redis round trip, and a task read (row, membership, assignee, count)
+//! one as well.
 //! The JSON, path and query extractors are in `crate::http::extract`.
 
 use std::marker::PhantomData;
@@ -21,9 +24,9 @@ use axum::http::request::Parts;
 use uuid::Uuid;
 
 use crate::auth::Keyring;
-use crate::db::{self, Db};
 use crate::domain::Role;
 use crate::http::ApiError;
+use crate::loaders::{Loaders, TaskDetails};
 
 /// The authenticated caller: the user id of a valid bearer token.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +119,7 @@ pub struct ProjectAccess<R: RoleRequirement = AnyMember> {
 impl<S, R> FromRequestParts<S> for ProjectAccess<R>
 where
     Arc<Keyring>: FromRef<S>,
-    Db: FromRef<S>,
+    Loaders: FromRef<S>,
     S: Send + Sync,
     R: RoleRequirement,
 {
@@ -126,7 +129,9 @@ where
         const NOT_FOUND: ApiError = ApiError::NotFound("project");
         let user = AuthUser::from_request_parts(parts, state).await?;
         let project_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
-        let role = db::members::role_of(&Db::from_ref(state), project_id, user.id)
+        // Boxed: the cached read is a deep future, and every handler's future would
+        // otherwise embed it (and hit the compiler's type-depth limit).
+        let role = Box::pin(Loaders::from_ref(state).role(project_id, user.id))
             .await?
             .ok_or(NOT_FOUND)?;
         if role < R::MIN {
@@ -153,21 +158,28 @@ async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Option<
 }
 
 /// The caller's access to the task named by the path (`/v1/tasks/{id}…`): 404 when the
-/// task does not exist or the caller is not a member of its project — one query, and
-/// the same answer in both cases. Any member may read, change and comment on a task.
-/// The query returns the task too, as it was when access was checked (its project is
-/// `task.project_id`). The caller's role is not kept: every member may do everything to
-/// a task.
+/// task does not exist or the caller is not a member of its project — the same answer in
+/// both cases. Any member may read, change and comment on a task. The check returns the
+/// task with its details as they were when access was checked (its project is
+/// `details.task.project_id`), so a read needs nothing more: one round trip in all,
+/// to Redis or to Postgres. The caller's role is not kept: every member may do
+/// everything to a task.
 pub struct TaskAccess {
     pub task_id: Uuid,
     pub user_id: Uuid,
-    pub task: db::tasks::Task,
+    pub details: TaskDetails,
+}
+
+impl TaskAccess {
+    pub fn project_id(&self) -> Uuid {
+        self.details.task.project_id
+    }
 }
 
 impl<S> FromRequestParts<S> for TaskAccess
 where
     Arc<Keyring>: FromRef<S>,
-    Db: FromRef<S>,
+    Loaders: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -176,13 +188,13 @@ where
         const NOT_FOUND: ApiError = ApiError::NotFound("task");
         let user = AuthUser::from_request_parts(parts, state).await?;
         let task_id = path_id(parts, state).await?.ok_or(NOT_FOUND)?;
-        let (task, _role) = db::tasks::access(&Db::from_ref(state), task_id, user.id)
+        let details = Box::pin(Loaders::from_ref(state).task_for(task_id, user.id))
             .await?
             .ok_or(NOT_FOUND)?;
         Ok(Self {
             task_id,
             user_id: user.id,
-            task,
+            details,
         })
     }
 }

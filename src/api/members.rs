@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{AnyMember, OwnerOrAdmin, ProjectAccess};
+use crate::cache::{Cache, Stale};
 use crate::db::{self, Db};
 use crate::domain::{Email, Role};
 use crate::http::{ApiError, AppJson, AppPath, ResultExt};
@@ -150,6 +151,7 @@ async fn list_members(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn add_member(
     State(db): State<Db>,
+    State(cache): State<Cache>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<AddMember>,
 ) -> Result<(StatusCode, AppJson<MemberBody>), ApiError> {
@@ -163,6 +165,13 @@ async fn add_member(
             slug: "already-member",
             detail: "That user is already a member of this project.".into(),
         })?;
+    // "Not a member" is cached too.
+    cache
+        .invalidate(&[Stale::Membership {
+            project: access.project_id,
+            user: user.id,
+        }])
+        .await;
     Ok((StatusCode::CREATED, AppJson(member.into())))
 }
 
@@ -196,6 +205,7 @@ pub struct MemberPath {
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id, target = %path.user_id))]
 async fn remove_member(
     State(db): State<Db>,
+    State(cache): State<Cache>,
     access: ProjectAccess<AnyMember>,
     AppPath(path): AppPath<MemberPath>,
 ) -> Result<StatusCode, ApiError> {
@@ -222,7 +232,19 @@ async fn remove_member(
                 .into(),
         });
     }
+    // Their tasks here become unassigned with the removal (`on delete set null`): read
+    // which, under the owner locks, so that their cached rows can be invalidated.
+    let unassigned = db::tasks::assigned_in_project(tx.exec(), access.project_id, target).await?;
     db::members::remove(tx.exec(), access.project_id, target).await?;
     tx.commit().await?;
+    let mut stale = vec![
+        Stale::Membership {
+            project: access.project_id,
+            user: target,
+        },
+        Stale::ProjectTasks(access.project_id),
+    ];
+    stale.extend(unassigned.into_iter().map(Stale::Task));
+    cache.invalidate(&stale).await;
     Ok(StatusCode::NO_CONTENT)
 }

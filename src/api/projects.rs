@@ -4,8 +4,8 @@
 //! `ProjectAccess<OwnerOnly>` on `delete` (see `extract.rs`).
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,10 +15,12 @@ use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null};
 use super::pagination::{Page, PageParams};
+use crate::cache::{Cache, Stale};
 use crate::db::projects::ProjectChanges;
 use crate::db::{self, Db, Keyset};
 use crate::domain::{ProjectDescription, ProjectName, validate};
-use crate::http::{ApiError, AppJson, AppQuery};
+use crate::http::{ApiError, AppJson, AppQuery, conditional_json};
+use crate::loaders::Loaders;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -155,19 +157,23 @@ async fn list_projects(
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project's id")),
     responses(
-        (status = 200, description = "The project", body = ProjectBody),
+        (status = 200, description = "The project", body = ProjectBody,
+         headers(("ETag" = String, description = "Changes with every change of the project"))),
+        (status = 304, description = "Not modified: `If-None-Match` holds the current tag"),
         (status = 404, description = "No such project, or the caller is not a member"),
     ),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn get_project(
-    State(db): State<Db>,
+    State(loaders): State<Loaders>,
     access: ProjectAccess<AnyMember>,
-) -> Result<AppJson<ProjectBody>, ApiError> {
-    let project = db::projects::find(&db, access.project_id)
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let project = loaders
+        .project(access.project_id)
         .await?
         .ok_or(ApiError::NotFound("project"))?;
-    Ok(AppJson(project.into()))
+    Ok(conditional_json(&headers, &ProjectBody::from(project)))
 }
 
 /// Change a project (owners and admins).
@@ -187,6 +193,7 @@ async fn get_project(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn update_project(
     State(db): State<Db>,
+    State(cache): State<Cache>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<AppJson<ProjectBody>, ApiError> {
@@ -205,6 +212,7 @@ async fn update_project(
     let project = db::projects::update(&db, access.project_id, changes)
         .await?
         .ok_or(ApiError::NotFound("project"))?;
+    cache.invalidate(&[Stale::Project(project.id)]).await;
     Ok(AppJson(project.into()))
 }
 
@@ -224,11 +232,26 @@ async fn update_project(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn delete_project(
     State(db): State<Db>,
+    State(cache): State<Cache>,
     access: ProjectAccess<OwnerOnly>,
 ) -> Result<StatusCode, ApiError> {
-    if db::projects::delete(&db, access.project_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("project"))
+    let project = access.project_id;
+    let mut tx = db.begin().await?;
+    if !db::projects::lock(tx.exec(), project).await? {
+        return Err(ApiError::NotFound("project"));
     }
+    // Its members go with it (`on delete cascade`), and each may hold a cached
+    // membership. The lock keeps anyone from joining before the delete. Its tasks'
+    // entries need no invalidation: every task read checks the membership first.
+    let members = db::members::user_ids(tx.exec(), project).await?;
+    db::projects::delete(tx.exec(), project).await?;
+    tx.commit().await?;
+    let mut stale = vec![Stale::Project(project), Stale::ProjectTasks(project)];
+    stale.extend(
+        members
+            .into_iter()
+            .map(|user| Stale::Membership { project, user }),
+    );
+    cache.invalidate(&stale).await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -6,8 +6,8 @@
 //! `batch_loading` fix flag is off.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, ProjectAccess, TaskAccess, not_null, present};
 use super::pagination::{Page, PageParams, PageRequest};
+use crate::cache::{Cache, Stale};
 use crate::db::tasks::{NewTask, Task, TaskChanges, TaskFilter};
 use crate::db::{self, Db, Keyset};
 use crate::domain::{TaskDescription, TaskStatus, TaskTitle, validate};
-use crate::http::{ApiError, AppJson, AppQuery, AsDatabaseError};
+use crate::http::{ApiError, AppJson, AppQuery, AsDatabaseError, conditional_json};
 use crate::loaders::{Loaders, TaskDetails};
 use crate::state::AppState;
 
@@ -261,6 +262,10 @@ async fn create_task(
     let task = db::tasks::create(&state.db, Uuid::now_v7(), access.project_id, new)
         .await
         .map_err(task_write_error)?;
+    state
+        .cache
+        .invalidate(&[Stale::ProjectTasks(task.project_id)])
+        .await;
     let location = format!("/v1/tasks/{}", task.id);
     let body = task_body(&state.loaders, task).await?;
     Ok((
@@ -310,14 +315,15 @@ async fn list_project_tasks(
         assignee_id.map_or_else(|| "-".to_owned(), |a| a.to_string()),
     );
     let request = page.parse(&state.cursors, scope, Keyset::NEWEST)?;
-    let rows = db::tasks::list_for_project(
-        &state.db,
-        access.project_id,
-        filter,
-        request.after,
-        request.fetch_limit(),
-    )
-    .await?;
+    let rows = state
+        .loaders
+        .project_tasks(
+            access.project_id,
+            filter,
+            request.after,
+            request.fetch_limit(),
+        )
+        .await?;
     Ok(AppJson(task_page(&state.loaders, &request, rows).await?))
 }
 
@@ -363,17 +369,17 @@ async fn list_my_tasks(
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, description = "The task", body = TaskBody),
+        (status = 200, description = "The task", body = TaskBody,
+         headers(("ETag" = String, description = "Changes with every change of the task as shown"))),
+        (status = 304, description = "Not modified: `If-None-Match` holds the current tag"),
         (status = 404, description = "No such task, or the caller is not a member of its project"),
     ),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
-async fn get_task(
-    State(loaders): State<Loaders>,
-    access: TaskAccess,
-) -> Result<AppJson<TaskBody>, ApiError> {
-    // The access check already read the row.
-    Ok(AppJson(task_body(&loaders, access.task).await?))
+async fn get_task(access: TaskAccess, headers: HeaderMap) -> Result<Response, ApiError> {
+    // The access check already read the task with its details.
+    let body: TaskBody = access.details.try_into()?;
+    Ok(conditional_json(&headers, &body))
 }
 
 /// Change a task.
@@ -430,6 +436,10 @@ async fn update_task(
         .await
         .map_err(task_write_error)?
         .ok_or(ApiError::NotFound("task"))?;
+    state
+        .cache
+        .invalidate(&[Stale::Task(task.id), Stale::ProjectTasks(task.project_id)])
+        .await;
     Ok(AppJson(task_body(&state.loaders, task).await?))
 }
 
@@ -446,12 +456,22 @@ async fn update_task(
     ),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
-async fn delete_task(State(db): State<Db>, access: TaskAccess) -> Result<StatusCode, ApiError> {
-    if db::tasks::delete(&db, access.task_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("task"))
+async fn delete_task(
+    State(db): State<Db>,
+    State(cache): State<Cache>,
+    access: TaskAccess,
+) -> Result<StatusCode, ApiError> {
+    if !db::tasks::delete(&db, access.task_id).await? {
+        return Err(ApiError::NotFound("task"));
     }
+    cache
+        .invalidate(&[
+            Stale::Task(access.task_id),
+            Stale::CommentCount(access.task_id),
+            Stale::ProjectTasks(access.project_id()),
+        ])
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `POST /v1/users`, `GET /v1/me`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -11,9 +12,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::AuthUser;
-use crate::db::{self, Db};
+use crate::db;
 use crate::domain::{Email, Password, UserName, validate};
-use crate::http::{ApiError, AppJson, ResultExt};
+use crate::http::{ApiError, AppJson, ResultExt, conditional_json};
+use crate::loaders::Loaders;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -103,15 +105,21 @@ async fn create_user(
     path = "/v1/me",
     tag = "users",
     security(("bearer" = [])),
-    responses((status = 200, description = "The caller", body = UserBody)),
+    responses(
+        (status = 200, description = "The caller", body = UserBody,
+         headers(("ETag" = String, description = "Changes with every change of the account"))),
+        (status = 304, description = "Not modified: `If-None-Match` holds the current tag"),
+    ),
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(user_id = %user.id))]
-async fn me(State(db): State<Db>, user: AuthUser) -> Result<AppJson<UserBody>, ApiError> {
+async fn me(
+    State(loaders): State<Loaders>,
+    user: AuthUser,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     // A valid token for a user that no longer exists authenticates no one.
-    let user = db::users::find(&db, user.id)
-        .await?
-        .ok_or(ApiError::Unauthorized {
-            invalid_token: true,
-        })?;
-    Ok(AppJson(user.into()))
+    let user = loaders.user(user.id).await?.ok_or(ApiError::Unauthorized {
+        invalid_token: true,
+    })?;
+    Ok(conditional_json(&headers, &UserBody::from(user)))
 }

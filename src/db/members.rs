@@ -137,3 +137,14 @@ pub async fn remove(
     .await?;
     role.as_deref().map(parse_role).transpose()
 }
+
+/// The ids of a project's members, read inside the transaction that deletes the project
+/// (after [`super::projects::lock`]), so that their cached memberships can be invalidated.
+pub async fn user_ids(db: impl PgExecutor<'_>, project_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select user_id from project_members where project_id = $1",
+        project_id
+    )
+    .fetch_all(db)
+    .await
+}

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::Keyset;
 
-#[derive(Debug, Clone)]
+/// Serializable because the cache stores it (`crate::cache`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Project {
     pub id: Uuid,
     pub name: String,
@@ -125,6 +126,17 @@ pub async fn update(
     )
     .fetch_optional(db)
     .await
+}
+
+/// Locks the project's row for the rest of the transaction; `false` when there is no such
+/// project. Taken before reading the members of a project about to be deleted: adding a
+/// member must lock the row too (its foreign key check), so no member can join between
+/// the read and the delete and escape the invalidation.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let locked = sqlx::query_scalar!("select id from projects where id = $1 for update", id)
+        .fetch_optional(db)
+        .await?;
+    Ok(locked.is_some())
 }
 
 /// Deletes a project; its members, tasks and comments go with it (`on delete cascade`).

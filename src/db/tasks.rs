@@ -16,7 +16,8 @@ pub const ASSIGNEE_MEMBER_FKEY: &str = "tasks_assignee_member_fkey";
 pub const PROJECT_FKEY: &str = "tasks_project_id_fkey";
 
 /// A task as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Serializable because the cache stores it (`crate::cache`).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub id: Uuid,
     pub project_id: Uuid,
@@ -42,32 +43,55 @@ impl Task {
 const TASK_COLUMNS: &str =
     "id, project_id, title, description, status, assignee_id, due_date, created_at, updated_at";
 
-/// A task and the caller's role in its project — `None` when the task does not exist or
-/// the caller is not a member of its project (the caller cannot tell which). One
-/// statement answers both "may they?" and "what is it?": a task read costs no second
-/// round trip for the row.
-pub async fn access(
+/// A task with everything a single-task read needs, and the caller's role in its project
+/// (`None`: not a member). See [`read`].
+#[derive(Debug, Clone)]
+pub struct TaskRead {
+    pub task: Task,
+    pub role: Option<Role>,
+    pub assignee: Option<super::users::UserSummary>,
+    pub comment_count: i64,
+}
+
+/// A task, its assignee, its comment count and the caller's role, in one statement — the
+/// uncached single-task read. A primary-key lookup joined to two more (the membership and
+/// the assignee) and a count over `comments_task_created_idx`: one round trip instead of
+/// the three that the access check and the two by-id loads would take. The membership is
+/// a left join so that the row (and so a cache entry) comes back for a non-member too;
+/// the caller decides on `role`. `None` only when the task does not exist.
+pub async fn read(
     db: impl PgExecutor<'_>,
     task_id: Uuid,
     user_id: Uuid,
-) -> Result<Option<(Task, Role)>, sqlx::Error> {
+) -> Result<Option<TaskRead>, sqlx::Error> {
     let row = sqlx::query!(
-        "select t.id, t.project_id, t.title, t.description, t.status, t.assignee_id,
-                t.due_date, t.created_at, t.updated_at, m.role
-         from tasks t
-         join project_members m on m.project_id = t.project_id and m.user_id = $2
-         where t.id = $1",
+        r#"select t.id, t.project_id, t.title, t.description, t.status, t.assignee_id,
+                  t.due_date, t.created_at, t.updated_at,
+                  m.role as "role?", u.name as "assignee_name?", u.email as "assignee_email?",
+                  (select count(*) from comments c where c.task_id = t.id) as "comment_count!"
+           from tasks t
+           left join project_members m on m.project_id = t.project_id and m.user_id = $2
+           left join users u on u.id = t.assignee_id
+           where t.id = $1"#,
         task_id,
         user_id
     )
     .fetch_optional(db)
     .await?;
-    row.map(|r| {
-        let role = r
-            .role
-            .parse()
-            .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-        let task = Task {
+    let Some(r) = row else { return Ok(None) };
+    let role = r
+        .role
+        .map(|role| {
+            role.parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))
+        })
+        .transpose()?;
+    let assignee = match (r.assignee_id, r.assignee_name, r.assignee_email) {
+        (Some(id), Some(name), Some(email)) => Some(super::users::UserSummary { id, name, email }),
+        _ => None,
+    };
+    Ok(Some(TaskRead {
+        task: Task {
             id: r.id,
             project_id: r.project_id,
             title: r.title,
@@ -77,10 +101,28 @@ pub async fn access(
             due_date: r.due_date,
             created_at: r.created_at,
             updated_at: r.updated_at,
-        };
-        Ok((task, role))
-    })
-    .transpose()
+        },
+        role,
+        assignee,
+        comment_count: r.comment_count,
+    }))
+}
+
+/// The ids of a project's tasks assigned to `user_id` (`tasks_project_assignee_created_idx`):
+/// read before the member is removed, whose removal unassigns them, so that their cache
+/// entries can be invalidated.
+pub async fn assigned_in_project(
+    db: impl PgExecutor<'_>,
+    project_id: Uuid,
+    user_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select id from tasks where project_id = $1 and assignee_id = $2",
+        project_id,
+        user_id
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// A new task's fields, validated.

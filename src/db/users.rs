@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-/// A user as clients see it: no password hash.
-#[derive(Debug, Clone)]
+/// A user as clients see it: no password hash. Serializable because the cache stores
+/// it (`crate::cache`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -102,6 +103,18 @@ pub async fn summaries(
     sqlx::query_as!(
         UserSummary,
         "select id, name, email from users where id = any($1)",
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The users with these ids, as full records (primary-key lookups): what the cache
+/// stores for a user, so that `/v1/me` and a task's assignee share one entry.
+pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<User>, sqlx::Error> {
+    sqlx::query_as!(
+        User,
+        "select id, email, name, created_at from users where id = any($1)",
         ids
     )
     .fetch_all(db)

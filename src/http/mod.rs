@@ -5,16 +5,11 @@
 //! It imports no handler and no state, so `api`, `admin` and `middleware` can all depend
 //! on it without depending on each other.
 
-// The two `expect`s below hold until the single-resource GET handlers (projects, tasks,
-// /v1/me, stats) call `conditional_json`; then they go unfulfilled, and the build asks for
-// them to be removed.
-#[cfg_attr(not(test), expect(dead_code, reason = "no handler calls it yet"))]
 pub mod conditional;
 pub mod error;
 pub mod extract;
 pub mod problem;
 
-#[expect(unused_imports, reason = "no handler calls it yet")]
 pub use conditional::conditional_json;
 pub use error::{ApiError, AsDatabaseError, ResultExt};
 pub use extract::{AppJson, AppPath, AppQuery};

@@ -1,28 +1,44 @@
-//! The loading layer: reads that take more than one statement, composed from the
-//! repositories' single statements — "a page of tasks with what each one embeds".
+//! The loading layer: every read of the hot path, composed from the repositories' single
+//! statements and the cache — "a task with what it embeds", "the caller's role",
+//! "the first page of a project's tasks".
 //!
-//! Handlers ask for the result ("these tasks, with details") and never choose how it is
-//! loaded: the strategy, and the fix flag that selects it, live here. This is also where
-//! the cache goes: in front of the by-id loads (users by id, comment counts by task), so
-//! a page of tasks reads its assignees through the cache without the page query changing.
+//! Handlers ask for the result and never choose how it is loaded: the strategy, and the
+//! fix flags that select it, live here. Two flags meet in this layer:
+//!
+//! * `cache` — on, the by-id reads (a task, a membership, a project, a user, a comment
+//!   count) and the first page of a project's tasks go through the Redis cache
+//!   (`crate::cache`), which fills from Postgres on a miss; off, every read goes to
+//!   Postgres. Invalidation does not depend on the flag: writes invalidate either way, so
+//!   switching the cache back on serves nothing that went stale while it was off.
+//! * `batch_loading` — on, a page's assignees and comment counts are loaded in a fixed
+//!   number of round trips; off, one by one (the N+1; it stays uncached, so that the
+//!   workshop sees it in Postgres whatever the cache does).
 
+pub mod access;
 pub mod tasks;
 
 pub use tasks::TaskDetails;
 
+use crate::cache::Cache;
 use crate::db::Db;
-use crate::flags::Flags;
+use crate::flags::{Flag, Flags};
 
-/// What the loaders read through: the database, and the fix flags that pick a strategy.
-/// Cloning is two `Arc` increments.
+/// What the loaders read through: the database, the cache, and the fix flags that pick a
+/// strategy. Cloning is three `Arc` increments.
 #[derive(Clone)]
 pub struct Loaders {
     db: Db,
+    cache: Cache,
     flags: Flags,
 }
 
 impl Loaders {
-    pub fn new(db: Db, flags: Flags) -> Self {
-        Self { db, flags }
+    pub fn new(db: Db, cache: Cache, flags: Flags) -> Self {
+        Self { db, cache, flags }
+    }
+
+    /// The cache, when the `cache` fix is on.
+    fn cache(&self) -> Option<&Cache> {
+        self.flags.enabled(Flag::Cache).then_some(&self.cache)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use metrics::{Unit, describe_gauge, describe_histogram, gauge};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,12 @@ pub mod names {
     pub const DB_CONNECTION_MAX: &str = "db_client_connection_max";
     pub const FIX_FLAG_ENABLED: &str = "keel_fix_flag_enabled";
     pub const BUILD_INFO: &str = "keel_build_info";
+    pub const CACHE_REQUESTS: &str = "keel_cache_requests_total";
+    pub const CACHE_FILLS: &str = "keel_cache_fills_total";
+    pub const CACHE_LEASE_WAITS: &str = "keel_cache_lease_waits_total";
+    pub const CACHE_ERRORS: &str = "keel_cache_errors_total";
+    pub const CACHE_INVALIDATIONS: &str = "keel_cache_invalidations_total";
+    pub const CACHE_LOAD_DURATION: &str = "keel_cache_load_duration_seconds";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -113,6 +119,31 @@ fn describe() {
         "Whether each workshop fix is on (1) or off (0) on this instance"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_counter!(
+        CACHE_REQUESTS,
+        "Cache lookups, by cache (entry kind) and outcome (hit, miss, error)"
+    );
+    describe_counter!(
+        CACHE_FILLS,
+        "Cache fills after a miss, by cache and result (stored, or refused: a write came in between)"
+    );
+    describe_counter!(
+        CACHE_LEASE_WAITS,
+        "Misses that found another reader's lease and waited for its fill, by cache"
+    );
+    describe_counter!(
+        CACHE_ERRORS,
+        "Redis calls of the cache that failed or were not made, by operation and reason (redis, breaker_open)"
+    );
+    describe_counter!(
+        CACHE_INVALIDATIONS,
+        "Invalidations after writes, by result (done, or lost: the epoch repair follows)"
+    );
+    describe_histogram!(
+        CACHE_LOAD_DURATION,
+        Unit::Seconds,
+        "Time to load a missed cache entry from Postgres, by cache"
+    );
 }
 
 /// What a scrape reads from the running service, handed over by value: this module

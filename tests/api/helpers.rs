@@ -67,9 +67,67 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The Redis key prefix of every instance on this database: the test's own keys.
+    pub fn redis_prefix(&self) -> String {
+        format!("keel-test:{}:", self.name)
+    }
+}
+
+/// The shared Redis's URL (`KEEL_TEST_REDIS_URL` to point elsewhere).
+pub fn redis_url() -> String {
+    std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The shared Redis's address, for a proxy in front of it.
+pub fn redis_addr() -> SocketAddr {
+    let url = redis_url();
+    let authority = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("a host");
+    authority
+        .parse()
+        .expect("KEEL_TEST_REDIS_URL names an IP host and port")
+}
+
+/// A plain connection to the shared Redis, to look at what a test's instances stored.
+pub async fn redis() -> deadpool_redis::redis::aio::MultiplexedConnection {
+    deadpool_redis::redis::Client::open(redis_url())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be running on 127.0.0.1:6379 (or set KEEL_TEST_REDIS_URL)")
+}
+
+/// Every key under `prefix`.
+pub async fn redis_keys(prefix: &str) -> Vec<String> {
+    let mut conn = redis().await;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, mut batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        keys.append(&mut batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let prefix = self.redis_prefix();
         // Drop runs inside the test's runtime, which cannot be blocked on; a thread with
         // a runtime of its own can.
         let dropped = std::thread::spawn(move || {
@@ -84,7 +142,17 @@ impl Drop for TestDb {
                         r#"drop database if exists "{name}" with (force)"#
                     )))
                     .await?;
-                admin.close().await
+                admin.close().await?;
+                // The test's cache entries (most would expire; the epoch key would not).
+                let keys = redis_keys(&prefix).await;
+                if !keys.is_empty() {
+                    let mut conn = redis().await;
+                    let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut conn)
+                        .await;
+                }
+                Ok::<(), sqlx::Error>(())
             })
         })
         .join();
@@ -197,6 +265,8 @@ pub async fn spawn_app_with_pool(
 ) -> TestApp {
     init_test_logging();
     let mut vars = base_vars();
+    // Instances on one test database share one cache, and no other test's.
+    vars.insert("KEEL_REDIS_PREFIX".into(), test_db.redis_prefix());
     customize(&mut vars);
     let config = Config::from_map(&vars, Environment::Dev).expect("a valid test configuration");
     let shutdown = CancellationToken::new();
@@ -278,6 +348,17 @@ impl TestApp {
 
     pub fn admin_request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{path}", self.admin))
+    }
+
+    /// `GET /readyz` on the admin listener: the status and the report.
+    pub async fn readyz(&self) -> (StatusCode, Value) {
+        let response = self
+            .admin_request(Method::GET, "/readyz")
+            .send()
+            .await
+            .expect("the admin listener answers");
+        let status = response.status();
+        (status, response.json().await.expect("a readiness report"))
     }
 
     /// Signs up a fresh user and signs them in.

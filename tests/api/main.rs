@@ -8,6 +8,7 @@
 
 mod admin;
 mod authorization;
+mod cache;
 mod comments;
 mod config;
 mod config_docs;

@@ -271,30 +271,44 @@ async fn a_request_is_one_trace_from_the_http_span_down_to_each_statement() {
         Some("200")
     );
     assert!(attribute(server, "request_id").is_some());
-    let statements: Vec<&SpanData> = spans
+    let clients = |system: &str| -> Vec<&SpanData> {
+        spans
+            .iter()
+            .filter(|s| {
+                s.span_kind == SpanKind::Client
+                    && attribute(s, "db.system.name").as_deref() == Some(system)
+            })
+            .collect()
+    };
+    let client_spans = spans
         .iter()
         .filter(|s| s.span_kind == SpanKind::Client)
-        .collect();
+        .count();
+    let statements = clients("postgresql");
     let names: Vec<&str> = statements.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(names, ["SELECT project_members", "SELECT projects"]);
-    for statement in &statements {
+    // Both reads miss the cold cache: a read script, the statement, the fill.
+    let redis = clients("redis");
+    let names: Vec<&str> = redis.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["cache.read", "cache.fill", "cache.read", "cache.fill"]
+    );
+    assert_eq!(client_spans, statements.len() + redis.len());
+    for call in statements.iter().chain(&redis) {
         assert!(
-            descends_from(&spans, statement, server.span_context.span_id()),
+            descends_from(&spans, call, server.span_context.span_id()),
             "{} nests under the request",
-            statement.name
+            call.name
         );
-        assert_eq!(
-            attribute(statement, "db.system.name").as_deref(),
-            Some("postgresql")
-        );
-        let everything: String = statement
+        let everything: String = call
             .attributes
             .iter()
             .map(|kv| kv.value.to_string())
             .collect();
         assert!(
             !everything.contains(&project.to_string()),
-            "no bound value in a statement span: {everything}"
+            "no bound value or key in a client span: {everything}"
         );
         assert!(!everything.contains(&user.id.to_string()));
     }
