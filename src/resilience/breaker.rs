@@ -46,10 +46,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Gauge: the breaker's state, 0 closed, 1 half-open, 2 open.
-const STATE_GAUGE: &str = "keel_breaker_state";
-/// Counter: transitions, by the state entered.
-const TRANSITIONS: &str = "keel_breaker_transitions_total";
+use crate::telemetry::metrics::names::{
+    BREAKER_STATE as STATE_GAUGE, BREAKER_TRANSITIONS as TRANSITIONS,
+};
 
 /// When a breaker opens and how long it stays open. One per dependency, from its config section.
 #[derive(Debug, Clone, Copy, PartialEq)]

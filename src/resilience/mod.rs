@@ -5,10 +5,10 @@
 //!
 //! - [`Breaker`]: a circuit breaker, one per dependency, shared by every caller of it.
 //!
-//! The module imports nothing from the rest of the crate: the caller names the breaker,
-//! passes its settings (from its own config section) and decides what counts as a failure,
-//! so the cache, the jobs and the database layer can all use it without depending on each
-//! other. Retry with a budget and timeouts cut from a request's deadline belong here too
+//! The module imports only the metric names from the crate: the caller names the
+//! breaker, passes its settings (from its own config section) and decides what counts as a
+//! failure, so the cache, the jobs and the database layer can all use it without depending
+//! on each other. Retry with a budget and timeouts cut from a request's deadline belong here too
 //! when they land.
 
 mod breaker;

@@ -39,6 +39,8 @@ pub mod names {
     pub const CACHE_ERRORS: &str = "keel_cache_errors_total";
     pub const CACHE_INVALIDATIONS: &str = "keel_cache_invalidations_total";
     pub const CACHE_LOAD_DURATION: &str = "keel_cache_load_duration_seconds";
+    pub const BREAKER_STATE: &str = "keel_breaker_state";
+    pub const BREAKER_TRANSITIONS: &str = "keel_breaker_transitions_total";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -143,6 +145,14 @@ fn describe() {
         CACHE_LOAD_DURATION,
         Unit::Seconds,
         "Time to load a missed cache entry from Postgres, by cache"
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state by breaker (dependency): 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker transitions, by breaker and the state entered"
     );
 }
 
