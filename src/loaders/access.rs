@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::Loaders;
-use crate::cache::{Membership, entries};
+use crate::cache::{Entry, Key, Membership, entries};
 use crate::db;
 use crate::db::projects::Project;
 use crate::db::users::User;
@@ -14,33 +14,34 @@ impl Loaders {
     /// The role of `user_id` in `project_id`; `None` when they are not a member (or there
     /// is no such project — the caller cannot tell, and must not).
     pub async fn role(&self, project_id: Uuid, user_id: Uuid) -> Result<Option<Role>, sqlx::Error> {
-        let load = || async {
-            let role = db::members::role_of(&self.db, project_id, user_id).await?;
-            Ok::<_, sqlx::Error>(Some(Membership(role)))
-        };
-        let membership = match self.cache() {
-            Some(cache) => {
-                cache
-                    .fetch(&entries::membership(project_id, user_id), load)
-                    .await?
-            }
-            None => load().await?,
-        };
+        let membership = self
+            .by_id(&entries::membership(project_id, user_id), || async {
+                let role = db::members::role_of(&self.db, project_id, user_id).await?;
+                Ok(Some(Membership(role)))
+            })
+            .await?;
         Ok(membership.and_then(|m| m.0))
     }
 
     pub async fn project(&self, id: Uuid) -> Result<Option<Project>, sqlx::Error> {
-        let load = || db::projects::find(&self.db, id);
-        match self.cache() {
-            Some(cache) => cache.fetch(&entries::project(id), load).await,
-            None => load().await,
-        }
+        self.by_id(&entries::project(id), || db::projects::find(&self.db, id))
+            .await
     }
 
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-        let load = || db::users::find(&self.db, id);
+        self.by_id(&entries::user(id), || db::users::find(&self.db, id))
+            .await
+    }
+
+    /// One by-id read: through the cache when the `cache` fix is on, else `load` alone.
+    async fn by_id<T, F, Fut>(&self, key: &Key<T>, load: F) -> Result<Option<T>, sqlx::Error>
+    where
+        T: Entry + Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, sqlx::Error>>,
+    {
         match self.cache() {
-            Some(cache) => cache.fetch(&entries::user(id), load).await,
+            Some(cache) => cache.fetch(key, load).await,
             None => load().await,
         }
     }
