@@ -24,6 +24,7 @@ mod projects;
 mod rust_source;
 mod seed;
 mod shutdown;
+mod smtp_sink;
 mod task_pages;
 mod tasks;
 mod tokens;
