@@ -11,8 +11,8 @@ use crate::auth::{Keyring, PasswordHasher};
 use crate::cache::Cache;
 use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
 use crate::seed::{SeedOptions, generate::Sizes};
-use crate::server::Application;
-use crate::{db, demo, flags, seed, shutdown, telemetry};
+use crate::server::{Application, Role};
+use crate::{db, demo, flags, jobs, seed, shutdown, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,9 @@ enum Command {
     All,
     /// The public API and the admin listener. KEEL_ENV defaults to prod.
     Serve,
+    /// The outbox relay and the job consumers, with the admin listener (probes, metrics).
+    /// KEEL_ENV defaults to prod.
+    Worker,
     /// Applies the database migrations and exits.
     Migrate,
     /// Generates a realistic data set of a chosen size (for load tests). KEEL_ENV
@@ -40,6 +43,31 @@ enum Command {
     /// The workshop's exercises.
     #[command(subcommand)]
     Workshop(Workshop),
+    /// The parked (dead-lettered) jobs.
+    #[command(subcommand)]
+    Jobs(Jobs),
+}
+
+#[derive(Subcommand, Clone)]
+enum Jobs {
+    /// Lists the parked jobs (kind, id, attempts, last error); they stay parked.
+    Dead {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends parked jobs back to their queues, with a fresh attempt count.
+    Replay {
+        /// Only jobs of this kind (email.task_assigned, stats.recompute).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only the job with this id.
+        #[arg(long)]
+        id: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -99,10 +127,12 @@ pub fn run() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command.unwrap_or(Command::All) {
             Command::All => all().await,
-            Command::Serve => serve().await,
+            Command::Serve => serve(Role::Serve).await,
+            Command::Worker => serve(Role::Worker).await,
             Command::Migrate => migrate().await,
             Command::Seed(args) => seed_data(args).await,
             Command::Workshop(exercise) => workshop(exercise).await,
+            Command::Jobs(command) => jobs(command).await,
         }
     })
 }
@@ -123,7 +153,7 @@ async fn all() -> anyhow::Result<()> {
         .context("Failed to register the fix flags")?;
     let shutdown = shutdown::on_signal()?;
     let dev = config.env == Environment::Dev;
-    let app = Application::build_with_pool(config, pool, shutdown).await?;
+    let app = Application::build_for(Role::All, config, pool, shutdown).await?;
     if dev {
         let state = app.state();
         if demo::add_if_empty(&state.db, &state.passwords).await? {
@@ -139,12 +169,16 @@ async fn all() -> anyhow::Result<()> {
     stopped
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn serve(role: Role) -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Prod)?;
     let telemetry = telemetry::init(&config.log, Some(&config.telemetry))?;
     let shutdown = shutdown::on_signal()?;
-    let app = Application::build(config, shutdown).await?;
-    tracing::info!(public = %app.public_addr(), admin = %app.admin_addr(), "serving");
+    let pool = db::pool(&config.database);
+    let app = Application::build_for(role, config, pool, shutdown).await?;
+    match role {
+        Role::Worker => tracing::info!(admin = %app.admin_addr(), "working"),
+        _ => tracing::info!(public = %app.public_addr(), admin = %app.admin_addr(), "serving"),
+    }
     let stopped = app.run_until_stopped().await;
     telemetry.shutdown();
     stopped
@@ -221,6 +255,51 @@ async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
     }
     drop(conn);
     pool.close().await;
+    Ok(())
+}
+
+async fn jobs(command: Jobs) -> anyhow::Result<()> {
+    let config = Config::from_env(Environment::Prod)?;
+    let _logs = telemetry::init(&config.log, None)?;
+    let broker = jobs::Broker::new(&config.jobs);
+    let topology = jobs::relay::topology(&config);
+    match command {
+        Jobs::Dead { limit, json } => {
+            let parked = jobs::dead::list(&broker, &topology, limit)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            for job in &parked {
+                if json {
+                    println!("{}", serde_json::to_string(job)?);
+                } else {
+                    println!(
+                        "{}\t{}\tattempts={}\t{}",
+                        job.kind, job.id, job.attempts, job.last_error
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} parked job(s) in {}", parked.len(), topology.parked());
+            }
+        }
+        Jobs::Replay { kind, id } => {
+            let kind = kind
+                .map(|k| {
+                    jobs::Kind::from_name(&k)
+                        .filter(|k| jobs::Kind::QUEUED.contains(k))
+                        .with_context(|| {
+                            format!("--kind {k:?}: expected email.task_assigned or stats.recompute")
+                        })
+                })
+                .transpose()?;
+            let filter = jobs::dead::Filter { kind, id };
+            let replayed =
+                jobs::dead::replay(&broker, &topology, &filter, config.jobs.publish_timeout)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            println!("replayed {replayed} job(s)");
+        }
+    }
     Ok(())
 }
 

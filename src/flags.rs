@@ -36,21 +36,23 @@ use crate::db;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
-/// flags (`async_jobs`, `rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`)
-/// arrive with their fixes. All default to on.
+/// flags (`rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`) arrive with their
+/// fixes. All default to on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     BatchLoading,
     Cache,
+    AsyncJobs,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 2] = [Flag::BatchLoading, Flag::Cache];
+    pub const ALL: [Flag; 3] = [Flag::BatchLoading, Flag::Cache, Flag::AsyncJobs];
 
     pub fn name(self) -> &'static str {
         match self {
             Flag::BatchLoading => "batch_loading",
             Flag::Cache => "cache",
+            Flag::AsyncJobs => "async_jobs",
         }
     }
 
@@ -61,6 +63,9 @@ impl Flag {
                 "a page of tasks loads each assignee and comment count with its own query (N+1)"
             }
             Flag::Cache => "hot reads always go to Postgres",
+            Flag::AsyncJobs => {
+                "the assignment email is sent over SMTP inside the request, and stats are recomputed inline"
+            }
         }
     }
 
@@ -169,7 +174,7 @@ pub async fn run_refresher(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(poll_interval) => {}
-            notification = next_notification(&mut listener) => {
+            notification = db::next_notification(&mut listener) => {
                 if let Err(e) = notification {
                     tracing::warn!(error = %e, "lost the fix-flag LISTEN connection; polling until it is back");
                     listener = None;
@@ -180,26 +185,12 @@ pub async fn run_refresher(
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let result = async {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(db::flags::CHANNEL).await?;
-        Ok::<_, sqlx::Error>(listener)
-    }
-    .await;
-    match result {
+    match db::listen(pool, db::flags::CHANNEL).await {
         Ok(listener) => Some(listener),
         Err(e) => {
             tracing::debug!(error = %e, "fix-flag LISTEN unavailable; polling");
             None
         }
-    }
-}
-
-/// Waits for a notification; with no listener, waits forever (the poll timer wins).
-async fn next_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(listener) => listener.recv().await.map(|_| ()),
-        None => std::future::pending().await,
     }
 }
 

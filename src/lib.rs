@@ -11,13 +11,13 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | entry | [`cli`] | picks the role (`all`, `serve`, `migrate`, `seed`, `workshop`) |
+//! | entry | [`cli`] | picks the role (`all`, `serve`, `worker`, `migrate`, `seed`, `workshop`, `jobs`) |
 //! | assembly | [`server`] | binds the listeners, builds both routers, applies the one middleware stack, starts the background tasks, serves and drains |
 //! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags) |
 //! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
 //! | state | [`state`] | [`state::AppState`]: what handlers share |
 //! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |
-//! | loading | [`loaders`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies |
+//! | loading and jobs | [`loaders`], [`jobs`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies; background work: the transactional outbox, its relay to RabbitMQ, the worker and its handlers (`async_jobs`) |
 //! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry; the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
 //! | resilience | [`resilience`] | the circuit breaker around the dependencies the service can do without (Redis now, RabbitMQ and SMTP next); imports only the metric names, so every layer above may use it |
@@ -33,7 +33,7 @@
 //!
 //! Public, for the binary and the integration tests: [`cli`], [`server`], [`state`],
 //! [`config`], [`db`], [`domain`], [`auth`], [`cache`], [`flags`], [`loaders`] (a field of
-//! the state), [`resilience`], [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
+//! the state), [`jobs`], [`resilience`], [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
 //! Internal (`pub(crate)`): the HTTP layer (`api`, `admin`, `middleware`, `http`) and the
 //! `demo` data — tests reach them only through HTTP.
 //!
@@ -54,6 +54,7 @@ pub(crate) mod demo;
 pub mod domain;
 pub mod flags;
 pub(crate) mod http;
+pub mod jobs;
 pub mod loaders;
 pub(crate) mod middleware;
 pub mod readiness;

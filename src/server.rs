@@ -33,13 +33,37 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::background::Background;
 use crate::config::{Config, HttpConfig};
 use crate::http::problem;
+use crate::jobs::{Relay, Worker};
 use crate::middleware::{errors, metrics, request_id, trace};
 use crate::state::AppState;
 use crate::{admin, api, db, flags, telemetry};
 
+/// What a process does: design.md's roles. Every role has the admin listener (probes,
+/// metrics); the public API and the background jobs are each switched on by the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `keel serve`: the public API.
+    Serve,
+    /// `keel worker`: the outbox relay and the job consumers.
+    Worker,
+    /// `keel all`: both.
+    All,
+}
+
+impl Role {
+    fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    fn runs_jobs(self) -> bool {
+        self != Role::Serve
+    }
+}
+
 pub struct Application {
     state: AppState,
-    public: TcpListener,
+    role: Role,
+    public: Option<TcpListener>,
     admin: TcpListener,
 }
 
@@ -55,9 +79,24 @@ impl Application {
         pool: PgPool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let public = TcpListener::bind(config.http.addr)
-            .await
-            .with_context(|| format!("Failed to bind KEEL_HTTP_ADDR {}", config.http.addr))?;
+        Self::build_for(Role::Serve, config, pool, shutdown).await
+    }
+
+    /// Builds a process of `role`.
+    pub async fn build_for(
+        role: Role,
+        config: Config,
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let public =
+            if role.serves_api() {
+                Some(TcpListener::bind(config.http.addr).await.with_context(|| {
+                    format!("Failed to bind KEEL_HTTP_ADDR {}", config.http.addr)
+                })?)
+            } else {
+                None
+            };
         let admin = TcpListener::bind(config.http.admin_addr)
             .await
             .with_context(|| {
@@ -65,6 +104,7 @@ impl Application {
             })?;
         Ok(Self {
             state: AppState::new(config, pool, shutdown)?,
+            role,
             public,
             admin,
         })
@@ -74,8 +114,11 @@ impl Application {
         &self.state
     }
 
+    /// The public listener's address (roles that serve the API).
     pub fn public_addr(&self) -> SocketAddr {
         self.public
+            .as_ref()
+            .expect("this role serves the API")
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -90,23 +133,33 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             state,
+            role,
             public,
             admin,
         } = self;
         let config = &state.config;
         let shutdown = state.shutdown.clone();
-        let background = start_background(&state);
+        let background = start_background(&state, role);
 
         // Stops the listeners; fires `KEEL_SHUTDOWN_DELAY` after `shutdown`.
         let stop = CancellationToken::new();
-        let public = axum::serve(public, public_router(state.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let public = {
+            let (state, stop) = (state.clone(), stop.clone());
+            async move {
+                match public {
+                    Some(public) => {
+                        axum::serve(public, public_router(state))
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
         let admin = axum::serve(admin, admin_router(state.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut servers =
-            tokio::spawn(
-                async move { tokio::try_join!(public.into_future(), admin.into_future()) },
-            );
+            tokio::spawn(async move { tokio::try_join!(public, admin.into_future()) });
 
         tokio::select! {
             () = shutdown.cancelled() => {}
@@ -143,9 +196,9 @@ impl Application {
     }
 }
 
-/// Every long-running task of the serving process, registered in one place (see
+/// Every long-running task of the process, registered in one place (see
 /// `crate::background`).
-fn start_background(state: &AppState) -> Background {
+fn start_background(state: &AppState, role: Role) -> Background {
     let background = Background::default();
     let (flags, pool, interval) = (
         state.flags.clone(),
@@ -158,6 +211,22 @@ fn start_background(state: &AppState) -> Background {
     if let Some(handle) = state.metrics.clone() {
         background.spawn("metrics upkeep", move |stop| {
             telemetry::metrics::run_upkeep(handle, stop)
+        });
+    }
+    if role.runs_jobs() {
+        let config = state.config.clone();
+        let relay = Relay::new(
+            &config,
+            state.db.clone(),
+            state.runner.clone(),
+            state.broker.clone(),
+        );
+        background.spawn("outbox relay", move |stop| relay.run(stop));
+        let worker = Worker::new(&config, state.runner.clone(), state.broker.clone());
+        background.spawn("job consumers", move |stop| worker.run(stop));
+        let db = state.db.clone();
+        background.spawn("outbox upkeep", move |stop| async move {
+            Relay::run_upkeep(db, &config, stop).await;
         });
     }
     background

@@ -24,6 +24,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::flags::Flags;
+use crate::jobs::{Broker, Jobs, Mailer, Runner};
 use crate::loaders::Loaders;
 use crate::readiness::{Need, Readiness};
 use crate::telemetry;
@@ -43,6 +44,13 @@ pub struct App {
     /// Redis in front of the hot reads. Handlers use it only to invalidate after a
     /// write; reads go through the loaders.
     pub cache: Cache,
+    /// The jobs a write records in its transaction (or, with `async_jobs` off, runs in
+    /// the request).
+    pub jobs: Jobs,
+    /// RabbitMQ: the relay and the worker connect through it; readiness probes it.
+    pub broker: Broker,
+    /// Runs jobs: the worker's handlers, and the naive inline path.
+    pub runner: Runner,
     /// Every hot read ("a task with details", "the caller's role"): the strategy, the
     /// cache and their fix flags live there, not in the handlers.
     pub loaders: Loaders,
@@ -53,8 +61,8 @@ pub struct App {
     /// Signs pagination cursors.
     pub cursors: CursorKey,
     /// The dependencies `/readyz` probes: Postgres (required), Redis (optional: without
-    /// it the service is `degraded` and serves from Postgres); the broker registers its
-    /// own when it lands.
+    /// it the service is `degraded` and serves from Postgres), RabbitMQ (optional:
+    /// without it writes still succeed and their jobs wait in the outbox).
     pub readiness: Readiness,
     /// Fires when the process is asked to stop; readiness reports `draining` from then.
     pub shutdown: CancellationToken,
@@ -106,7 +114,27 @@ impl AppState {
                 async move { cache.ping().await }
             },
         );
+        let broker = Broker::new(&config.jobs);
+        let probe_broker = broker.clone();
+        readiness.register(
+            "rabbitmq",
+            Need::Optional,
+            config.http.readiness_timeout,
+            move || {
+                let broker = probe_broker.clone();
+                async move { broker.probe().await }
+            },
+        );
+        let runner = Runner::new(
+            db.clone(),
+            cache.clone(),
+            Mailer::new(&config.jobs)?,
+            config.jobs.job_timeout,
+        );
         Ok(Self(Arc::new(App {
+            jobs: Jobs::new(flags.clone(), runner.clone()),
+            broker,
+            runner,
             loaders: Loaders::new(db.clone(), cache.clone(), flags.clone()),
             cache,
             config,
@@ -143,5 +171,11 @@ impl FromRef<AppState> for Loaders {
 impl FromRef<AppState> for Cache {
     fn from_ref(state: &AppState) -> Self {
         state.cache.clone()
+    }
+}
+
+impl FromRef<AppState> for Jobs {
+    fn from_ref(state: &AppState) -> Self {
+        state.jobs.clone()
     }
 }

@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 use super::extract::TaskAccess;
 use super::pagination::{Page, PageParams};
-use crate::cache::{Cache, Stale};
+use crate::cache::Stale;
 use crate::db::{self, Db, Keyset};
 use crate::domain::CommentBody as CommentText;
 use crate::http::{ApiError, AppJson, AppQuery, ResultExt};
+use crate::jobs::Jobs;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -82,13 +83,14 @@ impl From<db::comments::Comment> for CommentBody {
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn create_comment(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: TaskAccess,
     AppJson(body): AppJson<CreateComment>,
 ) -> Result<(StatusCode, AppJson<CommentBody>), ApiError> {
     let text = CommentText::parse(body.body).map_err(|e| ApiError::invalid("body", e))?;
+    let mut tx = db.begin().await?;
     let comment = db::comments::create(
-        &db,
+        tx.exec(),
         Uuid::now_v7(),
         access.task_id,
         access.user_id,
@@ -96,9 +98,8 @@ async fn create_comment(
     )
     .await
     .on_constraint(db::comments::TASK_FKEY, || ApiError::NotFound("task"))?;
-    cache
-        .invalidate(&[Stale::CommentCount(access.task_id)])
-        .await;
+    jobs.commit(tx, Vec::new(), &[Stale::CommentCount(access.task_id)])
+        .await?;
     Ok((StatusCode::CREATED, AppJson(comment.into())))
 }
 

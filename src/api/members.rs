@@ -15,10 +15,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{AnyMember, OwnerOrAdmin, ProjectAccess};
-use crate::cache::{Cache, Stale};
+use crate::cache::Stale;
 use crate::db::{self, Db};
 use crate::domain::{Email, Role};
 use crate::http::{ApiError, AppJson, AppPath, ResultExt};
+use crate::jobs::Jobs;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -151,7 +152,7 @@ async fn list_members(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn add_member(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<AddMember>,
 ) -> Result<(StatusCode, AppJson<MemberBody>), ApiError> {
@@ -159,19 +160,19 @@ async fn add_member(
     let user = db::users::find_by_email(&db, email.as_str())
         .await?
         .ok_or(ApiError::NotFound("user with that email"))?;
-    let member = db::members::add(&db, access.project_id, user.id, body.role.into())
+    let mut tx = db.begin().await?;
+    let member = db::members::add(tx.exec(), access.project_id, user.id, body.role.into())
         .await
         .on_constraint(db::members::MEMBERS_PKEY, || ApiError::Conflict {
             slug: "already-member",
             detail: "That user is already a member of this project.".into(),
         })?;
     // "Not a member" is cached too.
-    cache
-        .invalidate(&[Stale::Membership {
-            project: access.project_id,
-            user: user.id,
-        }])
-        .await;
+    let stale = [Stale::Membership {
+        project: access.project_id,
+        user: user.id,
+    }];
+    jobs.commit(tx, Vec::new(), &stale).await?;
     Ok((StatusCode::CREATED, AppJson(member.into())))
 }
 
@@ -205,7 +206,7 @@ pub struct MemberPath {
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id, target = %path.user_id))]
 async fn remove_member(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: ProjectAccess<AnyMember>,
     AppPath(path): AppPath<MemberPath>,
 ) -> Result<StatusCode, ApiError> {
@@ -236,7 +237,6 @@ async fn remove_member(
     // which, under the owner locks, so that their cached rows can be invalidated.
     let unassigned = db::tasks::assigned_in_project(tx.exec(), access.project_id, target).await?;
     db::members::remove(tx.exec(), access.project_id, target).await?;
-    tx.commit().await?;
     let mut stale = vec![
         Stale::Membership {
             project: access.project_id,
@@ -245,6 +245,6 @@ async fn remove_member(
         Stale::ProjectTasks(access.project_id),
     ];
     stale.extend(unassigned.into_iter().map(Stale::Task));
-    cache.invalidate(&stale).await;
+    jobs.commit(tx, Vec::new(), &stale).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,6 +21,7 @@ pub mod members;
 pub mod openapi;
 pub mod pagination;
 pub mod projects;
+mod stats;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
@@ -40,6 +41,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(members::router())
         .merge(tasks::router())
         .merge(comments::router())
+        .merge(stats::router())
         .split_for_parts();
     openapi::add_common_responses(&mut document);
     (routes, document)

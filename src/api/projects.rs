@@ -15,11 +15,12 @@ use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null};
 use super::pagination::{Page, PageParams};
-use crate::cache::{Cache, Stale};
+use crate::cache::Stale;
 use crate::db::projects::ProjectChanges;
 use crate::db::{self, Db, Keyset};
 use crate::domain::{ProjectDescription, ProjectName, validate};
 use crate::http::{ApiError, AppJson, AppQuery, conditional_json};
+use crate::jobs::Jobs;
 use crate::loaders::Loaders;
 use crate::state::AppState;
 
@@ -193,7 +194,7 @@ async fn get_project(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn update_project(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: ProjectAccess<OwnerOrAdmin>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<AppJson<ProjectBody>, ApiError> {
@@ -209,10 +210,12 @@ async fn update_project(
             .as_ref()
             .map(|d| d.as_ref().map(ProjectDescription::as_str)),
     };
-    let project = db::projects::update(&db, access.project_id, changes)
+    let mut tx = db.begin().await?;
+    let project = db::projects::update(tx.exec(), access.project_id, changes)
         .await?
         .ok_or(ApiError::NotFound("project"))?;
-    cache.invalidate(&[Stale::Project(project.id)]).await;
+    jobs.commit(tx, Vec::new(), &[Stale::Project(project.id)])
+        .await?;
     Ok(AppJson(project.into()))
 }
 
@@ -232,7 +235,7 @@ async fn update_project(
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn delete_project(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: ProjectAccess<OwnerOnly>,
 ) -> Result<StatusCode, ApiError> {
     let project = access.project_id;
@@ -245,13 +248,12 @@ async fn delete_project(
     // entries need no invalidation: every task read checks the membership first.
     let members = db::members::user_ids(tx.exec(), project).await?;
     db::projects::delete(tx.exec(), project).await?;
-    tx.commit().await?;
     let mut stale = vec![Stale::Project(project), Stale::ProjectTasks(project)];
     stale.extend(
         members
             .into_iter()
             .map(|user| Stale::Membership { project, user }),
     );
-    cache.invalidate(&stale).await;
+    jobs.commit(tx, Vec::new(), &stale).await?;
     Ok(StatusCode::NO_CONTENT)
 }

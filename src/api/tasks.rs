@@ -17,11 +17,12 @@ use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, ProjectAccess, TaskAccess, not_null, present};
 use super::pagination::{Page, PageParams, PageRequest};
-use crate::cache::{Cache, Stale};
+use crate::cache::Stale;
 use crate::db::tasks::{NewTask, Task, TaskChanges, TaskFilter};
 use crate::db::{self, Db, Keyset};
 use crate::domain::{TaskDescription, TaskStatus, TaskTitle, validate};
 use crate::http::{ApiError, AppJson, AppQuery, AsDatabaseError, conditional_json};
+use crate::jobs::{self, Jobs};
 use crate::loaders::{Loaders, TaskDetails};
 use crate::state::AppState;
 
@@ -259,13 +260,15 @@ async fn create_task(
         assignee_id: body.assignee_id,
         due_date,
     };
-    let task = db::tasks::create(&state.db, Uuid::now_v7(), access.project_id, new)
+    let mut tx = state.db.begin().await?;
+    let task = db::tasks::create(tx.exec(), Uuid::now_v7(), access.project_id, new)
         .await
         .map_err(task_write_error)?;
+    let jobs = jobs::task_side_effects(task.id, task.project_id, task.assignee_id, true);
     state
-        .cache
-        .invalidate(&[Stale::ProjectTasks(task.project_id)])
-        .await;
+        .jobs
+        .commit(tx, jobs, &[Stale::ProjectTasks(task.project_id)])
+        .await?;
     let location = format!("/v1/tasks/{}", task.id);
     let body = task_body(&state.loaders, task).await?;
     Ok((
@@ -432,14 +435,26 @@ async fn update_task(
         assignee_id: body.assignee_id,
         due_date,
     };
-    let task = db::tasks::update(&state.db, access.task_id, changes)
+    let mut tx = state.db.begin().await?;
+    let updated = db::tasks::update(tx.exec(), access.task_id, changes)
         .await
         .map_err(task_write_error)?
         .ok_or(ApiError::NotFound("task"))?;
+    let task = updated.task;
+    let new_assignee = task
+        .assignee_id
+        .filter(|_| task.assignee_id != updated.previous_assignee_id);
+    let counts_changed =
+        task.status != updated.previous_status || task.due_date != updated.previous_due_date;
+    let jobs = jobs::task_side_effects(task.id, task.project_id, new_assignee, counts_changed);
     state
-        .cache
-        .invalidate(&[Stale::Task(task.id), Stale::ProjectTasks(task.project_id)])
-        .await;
+        .jobs
+        .commit(
+            tx,
+            jobs,
+            &[Stale::Task(task.id), Stale::ProjectTasks(task.project_id)],
+        )
+        .await?;
     Ok(AppJson(task_body(&state.loaders, task).await?))
 }
 
@@ -458,19 +473,25 @@ async fn update_task(
 #[tracing::instrument(level = "trace", skip_all, fields(task_id = %access.task_id))]
 async fn delete_task(
     State(db): State<Db>,
-    State(cache): State<Cache>,
+    State(jobs): State<Jobs>,
     access: TaskAccess,
 ) -> Result<StatusCode, ApiError> {
-    if !db::tasks::delete(&db, access.task_id).await? {
+    let mut tx = db.begin().await?;
+    if !db::tasks::delete(tx.exec(), access.task_id).await? {
         return Err(ApiError::NotFound("task"));
     }
-    cache
-        .invalidate(&[
+    let project_id = access.project_id();
+    let side_effects = jobs::task_side_effects(access.task_id, project_id, None, true);
+    jobs.commit(
+        tx,
+        side_effects,
+        &[
             Stale::Task(access.task_id),
             Stale::CommentCount(access.task_id),
-            Stale::ProjectTasks(access.project_id()),
-        ])
-        .await;
+            Stale::ProjectTasks(project_id),
+        ],
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

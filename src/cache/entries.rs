@@ -7,6 +7,7 @@
 //! | [`membership`] | `m:{project}:{user}` | the role, or `-` for "not a member" | adding or removing that member, the project's deletion |
 //! | [`user`] | `u:{user}` | the user record | a change of the user's name or email (no endpoint makes one yet; the one that does must invalidate this entry) |
 //! | [`project`] | `p:{project}` | the project row | a change or delete of the project |
+//! | [`stats`] | `s:{project}` | the project's task counts | their recomputation by the worker, the project's deletion |
 //! | `task_page` | `tp:{project}:{generation}:{variant}` | the page's task rows | any task write in the project: it advances the generation instead of finding pages |
 //!
 //! Values are JSON (serde), readable with `redis-cli` while a workshop watches. A value
@@ -22,6 +23,7 @@ use std::marker::PhantomData;
 use uuid::Uuid;
 
 use crate::db::projects::Project;
+use crate::db::stats::ProjectStats;
 use crate::db::tasks::Task;
 use crate::db::users::User;
 use crate::domain::Role;
@@ -81,6 +83,10 @@ pub fn user(id: Uuid) -> Key<User> {
 
 pub fn project(id: Uuid) -> Key<Project> {
     Key::new(format!("p:{id}"))
+}
+
+pub fn stats(project: Uuid) -> Key<ProjectStats> {
+    Key::new(format!("s:{project}"))
 }
 
 /// A page key is named by the read script (it holds the project's current generation);
@@ -173,6 +179,18 @@ impl Entry for User {
 
 impl Entry for Project {
     const NAME: &'static str = "project";
+
+    fn encode(&self) -> Vec<u8> {
+        json(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+impl Entry for ProjectStats {
+    const NAME: &'static str = "stats";
 
     fn encode(&self) -> Vec<u8> {
         json(self)

@@ -174,7 +174,8 @@ impl From<deadpool::managed::PoolError<RedisError>> for Failure {
 }
 
 /// What a write made stale; see the table in [`entries`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "stale", content = "id", rename_all = "snake_case")]
 pub enum Stale {
     /// A task's row (and so its entry) changed or went.
     Task(Uuid),
@@ -182,8 +183,10 @@ pub enum Stale {
     CommentCount(Uuid),
     /// The tasks of a project changed: its pages.
     ProjectTasks(Uuid),
-    /// A project's row changed or went.
+    /// A project's row changed or went (its stats go with it).
     Project(Uuid),
+    /// A project's stats were recomputed.
+    ProjectStats(Uuid),
     /// A user's membership of a project changed.
     Membership { project: Uuid, user: Uuid },
 }
@@ -569,10 +572,18 @@ impl Cache {
     }
 
     /// Deletes what a committed write made stale. Never fails the write: an invalidation
-    /// that may not have landed triggers the epoch repair (module doc).
+    /// that may not have landed triggers the epoch repair (module doc), and the outbox
+    /// repeats it (`crate::jobs`).
     pub async fn invalidate(&self, stale: &[Stale]) {
+        // Lost or not, the write stands: the repair and the outbox's repeat cover it.
+        let _landed = self.try_invalidate(stale).await;
+    }
+
+    /// [`Cache::invalidate`], saying whether Redis confirmed it: the outbox relay repeats
+    /// an invalidation until it lands.
+    pub async fn try_invalidate(&self, stale: &[Stale]) -> Result<(), Unavailable> {
         if stale.is_empty() {
-            return;
+            return Ok(());
         }
         let mut projects = Vec::new();
         let mut deleted = Vec::new();
@@ -581,7 +592,11 @@ impl Cache {
                 Stale::Task(id) => deleted.push(entries::task(id).name),
                 Stale::CommentCount(id) => deleted.push(entries::comment_count(id).name),
                 Stale::ProjectTasks(id) => projects.push(id.to_string()),
-                Stale::Project(id) => deleted.push(entries::project(id).name),
+                Stale::Project(id) => {
+                    deleted.push(entries::project(id).name);
+                    deleted.push(entries::stats(id).name);
+                }
+                Stale::ProjectStats(id) => deleted.push(entries::stats(id).name),
                 Stale::Membership { project, user } => {
                     deleted.push(entries::membership(project, user).name);
                 }
@@ -606,6 +621,7 @@ impl Cache {
                  cache until it has dropped every entry (epoch bump)"
             );
         }
+        done.map(|_| ())
     }
 
     /// Reads entries by name with the generic read script.

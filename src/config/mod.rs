@@ -13,11 +13,12 @@
 //! `read(&Vars, …)` and holding its own tests: `log.rs` ([`LogConfig`]), `telemetry.rs`
 //! ([`TelemetryConfig`]: metrics, traces, sampler), `database.rs` ([`DatabaseConfig`]),
 //! `http.rs` ([`HttpConfig`]: listeners, limits, shutdown), `auth.rs` ([`AuthConfig`]: JWT
-//! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) and `redis.rs`
-//! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis).
+//! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) `redis.rs`
+//! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis) and
+//! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
 //! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
 //! this file composes the sections. They are read in a fixed order (environment, log,
-//! telemetry, http, auth, flags, database, redis) and the first bad value wins. No check
+//! telemetry, http, auth, flags, database, redis, jobs) and the first bad value wins. No check
 //! spans two sections today (the admin token differing from the JWT secret involves only
 //! `auth`); one that must would go in [`Config::from_lookup`].
 //!
@@ -48,6 +49,7 @@ mod auth;
 mod database;
 mod flags;
 mod http;
+mod jobs;
 mod log;
 mod redis;
 mod telemetry;
@@ -57,6 +59,7 @@ pub use auth::{AuthConfig, DEV_ADMIN_TOKEN, DEV_JWT_SECRET, JwtConfig};
 pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
 pub use http::HttpConfig;
+pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
@@ -73,6 +76,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
+    pub jobs: JobsConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
@@ -99,12 +103,14 @@ impl Config {
         let flags = FlagsConfig::read(&vars)?;
         let database = DatabaseConfig::read(&vars)?;
         let redis = RedisConfig::read(&vars)?;
+        let jobs = JobsConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
             telemetry,
             database,
             redis,
+            jobs,
             http,
             auth,
             flags,

@@ -16,16 +16,19 @@
 pub mod comments;
 pub mod executor;
 pub mod flags;
+pub mod jobs;
 pub mod members;
+pub mod outbox;
 pub mod projects;
 pub mod schema;
+pub mod stats;
 pub mod tasks;
 pub mod users;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use uuid::Uuid;
 
@@ -151,6 +154,23 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
                 )
         }),
         _ => false,
+    }
+}
+
+/// A connection LISTENing on `channel`: how the flag refresher and the outbox relay hear
+/// of a change at once (NOTIFY is delivered on commit), with polling as their fallback.
+pub async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// Waits for a notification; with no listener, waits forever (the caller's poll timer
+/// wins). An error means the LISTEN connection was lost: drop it and listen again.
+pub async fn next_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(|_| ()),
+        None => std::future::pending().await,
     }
 }
 

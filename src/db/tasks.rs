@@ -169,23 +169,53 @@ pub struct TaskChanges<'a> {
     pub due_date: Option<Option<NaiveDate>>,
 }
 
+/// A task after an update, with what it was before (the side effects depend on the change).
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub task: Task,
+    pub previous_assignee_id: Option<Uuid>,
+    pub previous_status: String,
+    pub previous_due_date: Option<NaiveDate>,
+}
+
+struct UpdatedRow {
+    id: Uuid,
+    project_id: Uuid,
+    title: String,
+    description: Option<String>,
+    status: String,
+    assignee_id: Option<Uuid>,
+    due_date: Option<NaiveDate>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    previous_assignee_id: Option<Uuid>,
+    previous_status: String,
+    previous_due_date: Option<NaiveDate>,
+}
+
+/// Updates a task and returns it with its previous assignee, status and due date, read
+/// under the row's lock so that two concurrent updates each see the other's result.
 pub async fn update(
     db: impl PgExecutor<'_>,
     id: Uuid,
     changes: TaskChanges<'_>,
-) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as!(
-        Task,
-        "update tasks
-         set title = coalesce($2, title),
-             description = case when $3 then $4 else description end,
-             status = coalesce($5, status),
-             assignee_id = case when $6 then $7 else assignee_id end,
-             due_date = case when $8 then $9 else due_date end,
+) -> Result<Option<Updated>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        UpdatedRow,
+        r#"update tasks t
+         set title = coalesce($2, t.title),
+             description = case when $3 then $4 else t.description end,
+             status = coalesce($5, t.status),
+             assignee_id = case when $6 then $7 else t.assignee_id end,
+             due_date = case when $8 then $9 else t.due_date end,
              updated_at = now()
-         where id = $1
-         returning id, project_id, title, description, status, assignee_id, due_date,
-                   created_at, updated_at",
+         from (select id, assignee_id, status, due_date from tasks where id = $1 for update) old
+         where t.id = old.id
+         returning t.id, t.project_id, t.title, t.description, t.status, t.assignee_id,
+                   t.due_date, t.created_at, t.updated_at,
+                   old.assignee_id as previous_assignee_id,
+                   old.status as "previous_status!",
+                   old.due_date as previous_due_date"#,
         id,
         changes.title,
         changes.description.is_some(),
@@ -197,7 +227,23 @@ pub async fn update(
         changes.due_date.flatten()
     )
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(|r| Updated {
+        task: Task {
+            id: r.id,
+            project_id: r.project_id,
+            title: r.title,
+            description: r.description,
+            status: r.status,
+            assignee_id: r.assignee_id,
+            due_date: r.due_date,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        },
+        previous_assignee_id: r.previous_assignee_id,
+        previous_status: r.previous_status,
+        previous_due_date: r.previous_due_date,
+    }))
 }
 
 /// Deletes a task and its comments (`on delete cascade`).

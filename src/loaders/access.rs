@@ -7,6 +7,7 @@ use super::Loaders;
 use crate::cache::{Entry, Key, Membership, entries};
 use crate::db;
 use crate::db::projects::Project;
+use crate::db::stats::ProjectStats;
 use crate::db::users::User;
 use crate::domain::Role;
 
@@ -31,6 +32,14 @@ impl Loaders {
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         self.by_id(&entries::user(id), || db::users::find(&self.db, id))
             .await
+    }
+
+    /// A project's stats as last computed (`None` before the first computation).
+    pub async fn stats(&self, project_id: Uuid) -> Result<Option<ProjectStats>, sqlx::Error> {
+        self.by_id(&entries::stats(project_id), || {
+            db::stats::find(&self.db, project_id)
+        })
+        .await
     }
 
     /// One by-id read: through the cache when the `cache` fix is on, else `load` alone.

@@ -164,10 +164,13 @@ pub async fn run(
 /// Refuses a database that holds data, or empties it with `reset`.
 async fn prepare_tables(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     if reset {
-        sqlx::query!("truncate comments, tasks, project_members, projects, users")
-            .execute(pool)
-            .await
-            .context("Failed to empty the data tables")?;
+        sqlx::query!(
+            "truncate comments, tasks, project_members, project_stats, projects, users,
+                  outbox, processed_jobs, email_deliveries"
+        )
+        .execute(pool)
+        .await
+        .context("Failed to empty the data tables")?;
     } else if db::users::any(pool).await? {
         anyhow::bail!("the database already holds users; pass --reset to replace its data");
     }

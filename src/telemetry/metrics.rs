@@ -41,6 +41,13 @@ pub mod names {
     pub const CACHE_LOAD_DURATION: &str = "keel_cache_load_duration_seconds";
     pub const BREAKER_STATE: &str = "keel_breaker_state";
     pub const BREAKER_TRANSITIONS: &str = "keel_breaker_transitions_total";
+    pub const OUTBOX_BACKLOG: &str = "keel_outbox_backlog";
+    pub const OUTBOX_OLDEST_AGE: &str = "keel_outbox_oldest_age_seconds";
+    pub const OUTBOX_PUBLISHED: &str = "keel_outbox_published_total";
+    pub const JOBS_CONSUMED: &str = "keel_jobs_consumed_total";
+    pub const JOBS_FINISHED: &str = "keel_jobs_finished_total";
+    pub const JOB_DURATION: &str = "keel_job_duration_seconds";
+    pub const QUEUE_DEPTH: &str = "keel_queue_depth";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -121,6 +128,33 @@ fn describe() {
         "Whether each workshop fix is on (1) or off (0) on this instance"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox rows committed and not yet published to RabbitMQ"
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox row (0 when there is none)"
+    );
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Outbox rows the relay handled, by kind and result (confirmed, nacked, returned: unroutable, invalidated: a cache invalidation repeated, failed)"
+    );
+    describe_counter!(JOBS_CONSUMED, "Jobs the worker received, by kind");
+    describe_counter!(
+        JOBS_FINISHED,
+        "Jobs the worker settled, by kind and outcome (done, duplicate, retried, parked)"
+    );
+    describe_histogram!(
+        JOB_DURATION,
+        Unit::Seconds,
+        "Duration of a job's handler, by kind and outcome"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Messages ready in each RabbitMQ queue of the jobs, by queue"
+    );
     describe_counter!(
         CACHE_REQUESTS,
         "Cache lookups, by cache (entry kind) and outcome (hit, miss, error)"

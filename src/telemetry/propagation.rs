@@ -43,3 +43,18 @@ pub fn inject(context: &Context, headers: &mut HeaderMap) {
         TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(headers));
     }
 }
+
+/// The context's `traceparent` and `tracestate` as a map, for a carrier that is not HTTP:
+/// an outbox row, a message's headers. Empty when the context holds no valid span.
+pub fn to_map(context: &Context) -> std::collections::HashMap<String, String> {
+    let mut map = std::collections::HashMap::new();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(context, &mut map);
+    }
+    map
+}
+
+/// The context a map written by [`to_map`] carries (none, for an empty or invalid one).
+pub fn from_map(map: &std::collections::HashMap<String, String>) -> Context {
+    TraceContextPropagator::new().extract(map)
+}

@@ -67,7 +67,7 @@ async fn healthz_is_200_and_readyz_reports_postgres_up() {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"status": "ready", "dependencies": {"postgres": "up", "redis": "up"}})
+        json!({"status": "ready", "dependencies": {"postgres": "up", "rabbitmq": "up", "redis": "up"}})
     );
 }
 
@@ -157,21 +157,15 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     let flags = flag_list(&app).await;
 
     let names: Vec<&str> = flags.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["batch_loading", "cache"]);
+    assert_eq!(names, ["batch_loading", "cache", "async_jobs"]);
     assert!(flags.iter().all(|f| f["enabled"] == true));
     let stored: Vec<String> = sqlx::query_scalar("select name from fix_flags order by name")
         .fetch_all(&app.db)
         .await
         .unwrap();
-    assert_eq!(stored, ["batch_loading", "cache"]);
+    assert_eq!(stored, ["async_jobs", "batch_loading", "cache"]);
     // A design flag whose fix has not landed is not a switch: it does not exist yet.
-    for unbuilt in [
-        "async_jobs",
-        "rate_limit",
-        "load_shedding",
-        "timeouts",
-        "circuit_breaker",
-    ] {
+    for unbuilt in ["rate_limit", "load_shedding", "timeouts", "circuit_breaker"] {
         let response = set_flag(&app, unbuilt, false).await;
         assert_problem(response, StatusCode::NOT_FOUND).await;
     }
@@ -187,8 +181,9 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     // be another test's; that the series exists, and no other, is what is checked here.)
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="batch_loading"}"#));
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="cache"}"#));
+    assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="async_jobs"}"#));
     assert!(
-        !metrics.contains(r#"flag="async_jobs""#),
+        !metrics.contains(r#"flag="rate_limit""#),
         "no gauge for an unbuilt fix"
     );
 }

@@ -1,14 +1,14 @@
 //! Test fixtures: a database per test, the service on port 0, and a client that speaks
 //! the contract.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use keel::config::{Config, Environment};
-use keel::server::Application;
+use keel::server::{Application, Role};
 use keel::state::AppState;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -38,6 +38,8 @@ pub struct TestDb {
     pub name: String,
     pub options: PgConnectOptions,
     pub pool: PgPool,
+    /// The RabbitMQ queues its instances declared, deleted with the database.
+    queues: Mutex<BTreeSet<String>>,
 }
 
 impl TestDb {
@@ -63,6 +65,7 @@ impl TestDb {
             name,
             options,
             pool,
+            queues: Mutex::default(),
         }
     }
 }
@@ -72,6 +75,73 @@ impl TestDb {
     pub fn redis_prefix(&self) -> String {
         format!("keel-test:{}:", self.name)
     }
+
+    /// The RabbitMQ name prefix of every instance on this database: the test's own
+    /// exchange and queues.
+    pub fn amqp_prefix(&self) -> String {
+        format!("keel-test.{}.", self.name)
+    }
+
+    /// Where emails go without an SMTP server: the test's own directory.
+    pub fn mailbox_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("keel-test-mailbox")
+            .join(&self.name)
+    }
+
+    /// Notes the queues of a topology, to delete them with the database.
+    pub fn declared(&self, topology: &keel::jobs::Topology) {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .extend(topology.queues());
+    }
+}
+
+/// The shared RabbitMQ's URL (`KEEL_TEST_AMQP_URL` to point elsewhere).
+pub fn amqp_url() -> String {
+    std::env::var("KEEL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The shared RabbitMQ's address, for a proxy in front of it.
+pub fn amqp_addr() -> SocketAddr {
+    let url = amqp_url();
+    let authority = url
+        .split('@')
+        .next_back()
+        .expect("a host")
+        .split('/')
+        .next()
+        .expect("a host");
+    authority
+        .parse()
+        .expect("KEEL_TEST_AMQP_URL names an IP host and port")
+}
+
+/// Deletes a test's queues and exchange from the shared broker.
+async fn delete_topology(prefix: &str, queues: Vec<String>) -> Result<(), lapin::Error> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_delete(
+            format!("{prefix}jobs").as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    connection.close(200, "bye".into()).await
 }
 
 /// The shared Redis's URL (`KEEL_TEST_REDIS_URL` to point elsewhere).
@@ -128,6 +198,12 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let prefix = self.redis_prefix();
+        let amqp_prefix = self.amqp_prefix();
+        let queues: Vec<String> =
+            std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        let _ = std::fs::remove_dir_all(self.mailbox_dir());
         // Drop runs inside the test's runtime, which cannot be blocked on; a thread with
         // a runtime of its own can.
         let dropped = std::thread::spawn(move || {
@@ -151,6 +227,9 @@ impl Drop for TestDb {
                         .arg(keys)
                         .query_async(&mut conn)
                         .await;
+                }
+                if let Err(e) = delete_topology(&amqp_prefix, queues).await {
+                    eprintln!("warning: could not delete the test's queues ({amqp_prefix}*): {e}");
                 }
                 Ok::<(), sqlx::Error>(())
             })
@@ -263,14 +342,33 @@ pub async fn spawn_app_with_pool(
     pool: PgPool,
     customize: impl FnOnce(&mut HashMap<String, String>),
 ) -> TestApp {
+    spawn_role(Role::Serve, test_db, pool, customize).await
+}
+
+/// Spawns a process of `role` (`Role::All` runs the relay and the consumers too) on the
+/// test's database, cache prefix, broker names and mailbox.
+pub async fn spawn_role(
+    role: Role,
+    test_db: Arc<TestDb>,
+    pool: PgPool,
+    customize: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
     init_test_logging();
     let mut vars = base_vars();
-    // Instances on one test database share one cache, and no other test's.
+    // Instances on one test database share one cache, one set of queues and one mailbox,
+    // and no other test's.
     vars.insert("KEEL_REDIS_PREFIX".into(), test_db.redis_prefix());
+    vars.insert("KEEL_AMQP_PREFIX".into(), test_db.amqp_prefix());
+    vars.insert("AMQP_URL".into(), amqp_url());
+    vars.insert(
+        "KEEL_MAILBOX_DIR".into(),
+        test_db.mailbox_dir().display().to_string(),
+    );
     customize(&mut vars);
     let config = Config::from_map(&vars, Environment::Dev).expect("a valid test configuration");
+    test_db.declared(&keel::jobs::relay::topology(&config));
     let shutdown = CancellationToken::new();
-    let app = Application::build_with_pool(config, pool, shutdown.clone())
+    let app = Application::build_for(role, config, pool, shutdown.clone())
         .await
         .expect("build the app");
     let api = format!("http://{}", app.public_addr());

@@ -15,6 +15,7 @@ mod config_docs;
 mod explain;
 mod hardening;
 mod helpers;
+mod jobs;
 mod layers;
 mod members;
 mod n_plus_one;

@@ -166,7 +166,15 @@ async fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             Step::Data => {
                 reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>").await?;
                 let message = read_message(&mut conn).await?;
-                let answer = deliver(shared, std::mem::take(&mut transaction), message).await;
+                let deliver = deliver(shared, std::mem::take(&mut transaction), message);
+                // A client that dies before the answer (a worker killed mid-send) was never
+                // told its message was taken: the sink keeps nothing, as a server that
+                // commits a message only with its answer would.
+                let peer_gone = async { matches!(conn.fill_buf().await, Ok([]) | Err(_)) };
+                let answer = tokio::select! {
+                    answer = deliver => answer,
+                    true = peer_gone => return Ok(()),
+                };
                 reply(&mut conn, answer).await?;
             }
             Step::Quit => return reply(&mut conn, "221 2.0.0 bye").await,

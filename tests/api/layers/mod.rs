@@ -49,7 +49,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "core",
         &["auth", "cache", "flags", "readiness", "background"],
     ),
-    ("loading", &["loaders"]),
+    ("loading and jobs", &["loaders", "jobs"]),
     ("tools", &["demo", "seed", "http"]),
     ("state", &["state"]),
     ("middleware", &["middleware"]),
@@ -351,8 +351,8 @@ fn a_module_missing_from_the_table_is_reported() {
     let tree = TempTree::new(
         "unknown",
         &[
-            ("src/jobs.rs", "pub struct Outbox;\n"),
-            ("src/cli.rs", "use crate::jobs::Outbox;\n"),
+            ("src/guardrails.rs", "pub struct Limit;\n"),
+            ("src/cli.rs", "use crate::guardrails::Limit;\n"),
         ],
     );
 
@@ -361,8 +361,8 @@ fn a_module_missing_from_the_table_is_reported() {
     assert_eq!(
         violations,
         [
-            format!("src/cli.rs:1: imports crate::jobs, which is not in LAYERS; {ADD_IT}"),
-            format!("src/jobs.rs: module jobs is not in LAYERS; {ADD_IT}"),
+            format!("src/cli.rs:1: imports crate::guardrails, which is not in LAYERS; {ADD_IT}"),
+            format!("src/guardrails.rs: module guardrails is not in LAYERS; {ADD_IT}"),
         ]
     );
 }

@@ -1,0 +1,217 @@
+//! The mail transport: SMTP through lettre when `SMTP_URL` is set, else `.eml` files in
+//! `KEEL_MAILBOX_DIR` (so a run with no SMTP server works end to end), and the one email
+//! Keel sends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::config::JobsConfig;
+use crate::db::jobs::AssignmentMail;
+
+/// Why a send failed, as the retry policy sees it.
+#[derive(Debug)]
+pub enum MailError {
+    /// The server may take it later (4xx, a connection or timeout failure).
+    Transient(String),
+    /// It never will (5xx: a refused address, a message it rejects).
+    Permanent(String),
+}
+
+/// Where emails go. Cloning shares the transport (and its connection pool).
+#[derive(Clone)]
+pub struct Mailer(Arc<Transport>);
+
+enum Transport {
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+    },
+    Mailbox {
+        dir: PathBuf,
+        from: Mailbox,
+    },
+}
+
+impl Mailer {
+    pub fn new(config: &JobsConfig) -> anyhow::Result<Self> {
+        let from = config.smtp_from.clone();
+        let transport = match config.smtp() {
+            Some(url) => Transport::Smtp {
+                transport: AsyncSmtpTransport::<Tokio1Executor>::from_url(url)?
+                    .timeout(Some(config.smtp_timeout))
+                    .build(),
+                from,
+            },
+            None => Transport::Mailbox {
+                dir: config.mailbox_dir.clone(),
+                from,
+            },
+        };
+        Ok(Self(Arc::new(transport)))
+    }
+
+    /// The `Message-ID` of job `job_id`'s email: the same on every send of it.
+    pub fn message_id(job_id: Uuid) -> String {
+        format!("<{job_id}@keel>")
+    }
+
+    /// Sends job `job_id`'s assignment email; returns its `Message-ID`, which is derived
+    /// from the job so that a resend carries the same one.
+    pub async fn send_assignment(
+        &self,
+        job_id: Uuid,
+        mail: &AssignmentMail,
+    ) -> Result<String, MailError> {
+        let message_id = Self::message_id(job_id);
+        let (from, transport) = match &*self.0 {
+            Transport::Smtp { from, .. } => (from, "smtp"),
+            Transport::Mailbox { from, .. } => (from, "mailbox"),
+        };
+        let message = assignment(from, &message_id, mail)?;
+        let span = tracing::info_span!(
+            "send email",
+            otel.kind = "client",
+            mail.transport = transport,
+            otel.status_code = tracing::field::Empty,
+        );
+        let sent = self.deliver(job_id, message).instrument(span.clone()).await;
+        if sent.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        sent.map(|()| message_id)
+    }
+
+    async fn deliver(&self, job_id: Uuid, message: Message) -> Result<(), MailError> {
+        match &*self.0 {
+            Transport::Smtp { transport, .. } => match transport.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
+                Err(e) => Err(MailError::Transient(e.to_string())),
+            },
+            Transport::Mailbox { dir, .. } => write_eml(dir, job_id, &message.formatted())
+                .await
+                .map_err(|e| MailError::Transient(format!("mailbox {}: {e}", dir.display()))),
+        }
+    }
+}
+
+/// Writes the message as `{job}.eml`, through a temporary file and a rename, so that a
+/// reader never sees half a message and a resend replaces the file instead of adding one.
+async fn write_eml(dir: &std::path::Path, job_id: Uuid, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!(".{job_id}.eml.tmp"));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, dir.join(format!("{job_id}.eml"))).await
+}
+
+/// The assignment email: a plain-text and an HTML part naming the recipient, the task and
+/// the project.
+fn assignment(
+    from: &Mailbox,
+    message_id: &str,
+    mail: &AssignmentMail,
+) -> Result<Message, MailError> {
+    let to = Mailbox::new(
+        Some(mail.recipient_name.clone()),
+        mail.recipient_email
+            .parse()
+            .map_err(|e| MailError::Permanent(format!("recipient address: {e}")))?,
+    );
+    let plain = format!(
+        "Hello {name},\n\nYou have been assigned a task.\n\nTask: {task}\nProject: {project}\n\n-- Keel\n",
+        name = mail.recipient_name,
+        task = mail.task_title,
+        project = mail.project_name,
+    );
+    let html = format!(
+        "<!doctype html>\n<html><body>\n<p>Hello {name},</p>\n<p>You have been assigned a task.</p>\n<p>Task: <strong>{task}</strong><br>\nProject: <strong>{project}</strong></p>\n<p>&mdash; Keel</p>\n</body></html>\n",
+        name = escape(&mail.recipient_name),
+        task = escape(&mail.task_title),
+        project = escape(&mail.project_name),
+    );
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(format!("Assigned to you: {}", mail.task_title))
+        .message_id(Some(message_id.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(plain, html))
+        .map_err(|e| MailError::Permanent(format!("building the message: {e}")))
+}
+
+/// HTML-escapes text written by users (a task title, a name).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail() -> AssignmentMail {
+        AssignmentMail {
+            task_title: "Fix <script> & ship".into(),
+            project_name: "Apollo".into(),
+            recipient_name: "Ada".into(),
+            recipient_email: "ada@example.com".into(),
+        }
+    }
+
+    #[test]
+    fn the_email_names_recipient_task_and_project_in_both_parts_escaped_in_html() {
+        let from: Mailbox = "Keel <keel@localhost>".parse().unwrap();
+        let message = assignment(&from, "<id@keel>", &mail()).unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        assert!(text.contains("To: Ada <ada@example.com>"), "{text}");
+        assert!(text.contains("Message-ID: <id@keel>"), "{text}");
+        assert!(text.contains("multipart/alternative"), "{text}");
+        assert!(
+            text.contains("text/plain") && text.contains("text/html"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Task: Fix <script> & ship\r\nProject: Apollo"),
+            "{text}"
+        );
+        assert!(text.contains("Fix &lt;script&gt; &amp; ship"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_mailbox_writes_one_file_per_job_and_a_resend_replaces_it() {
+        let dir = std::env::temp_dir().join(format!("keel-mailbox-{}", Uuid::now_v7()));
+        let config = {
+            let mut config = crate::config::Config::from_map(
+                &[("KEEL_MAILBOX_DIR".to_owned(), dir.display().to_string())]
+                    .into_iter()
+                    .collect(),
+                crate::config::Environment::Dev,
+            )
+            .unwrap();
+            config.jobs.smtp_url = None;
+            config.jobs
+        };
+        let mailer = Mailer::new(&config).unwrap();
+        let job = Uuid::now_v7();
+        for _ in 0..2 {
+            mailer.send_assignment(job, &mail()).await.unwrap();
+        }
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
