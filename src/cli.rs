@@ -68,6 +68,9 @@ enum Jobs {
         #[arg(long)]
         id: Option<uuid::Uuid>,
     },
+    /// Deletes every queue (messages included) and the exchange under KEEL_AMQP_PREFIX:
+    /// tearing down an environment, or what a benchmark run declared.
+    DeleteTopology,
 }
 
 #[derive(Args, Clone)]
@@ -298,6 +301,20 @@ async fn jobs(command: Jobs) -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::msg)?;
             println!("replayed {replayed} job(s)");
+        }
+        Jobs::DeleteTopology => {
+            let connection = broker
+                .connect("keel jobs delete-topology")
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let channel = connection.create_channel().await?;
+            topology.delete(&channel).await?;
+            connection.close(200, "deleted".into()).await?;
+            println!(
+                "deleted {} queue(s) and {}",
+                topology.queues().len(),
+                topology.exchange()
+            );
         }
     }
     Ok(())

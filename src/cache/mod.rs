@@ -34,18 +34,22 @@
 //! generation and takes its lease in one step; a page loaded before a write can only be
 //! stored under a generation that nobody reads any more.
 //!
-//! # The hole that remains, and its bound
+//! # The hole, and how it is closed
 //!
 //! An invalidation that does not reach Redis (a timeout, Redis down, the breaker open).
 //! Keel repairs what it can: the instance that lost a delete refuses to use the cache
 //! until it has advanced the cache's *epoch*, which is part of every entry's name, so
 //! every entry written before is dropped at once (`scripts::BUMP_EPOCH`). That covers
 //! an outage: entries that a write during the outage made stale never come back, because
-//! the first thing this instance does when Redis answers again is the bump. What stays
-//! open is the time between the lost delete and the bump, during which *other*
+//! the first thing this instance does when Redis answers again is the bump. What that
+//! leaves open is the time between the lost delete and the bump, during which *other*
 //! instances can still serve the stale entry, and an instance that dies before it can
-//! bump. Both are bounded by the entry's TTL (`KEEL_CACHE_TTL`); the jobs chapter closes
-//! them by repeating the invalidation from the outbox.
+//! bump. The outbox closes both (`crate::jobs`): every write records its invalidations in
+//! its own transaction, and the relay repeats them ([`Cache::try_invalidate`]) until
+//! Redis confirms, from whichever worker is alive. What remains is the relay's reaction
+//! time — milliseconds while Redis answers; while it does not, nothing is served from it
+//! either — and the entry's TTL (`KEEL_CACHE_TTL`) stays the backstop, past which the
+//! relay drops a repeat as moot.
 //!
 //! # No stampede
 //!

@@ -48,14 +48,15 @@ pub async fn covers(
     .await
 }
 
-/// Counts the project's tasks in one aggregate over its tasks (the
-/// `tasks_project_status_created_idx` index serves it) and stores the result with the
+/// Counts the tasks of each project in `project_ids` in one aggregate (the
+/// `tasks_project_status_created_idx` index serves it) and stores the results with the
 /// snapshot's xmin, in one statement so that both come from one snapshot. A computation
-/// never replaces a newer one (two workers racing). Returns `None` when the project is gone.
+/// never replaces a newer one (two workers racing). Returns the stats of the projects that
+/// still exist: the worker passes one id, `keel seed` every project after a bulk load.
 pub async fn recompute(
     db: impl PgExecutor<'_>,
-    project_id: Uuid,
-) -> Result<Option<ProjectStats>, sqlx::Error> {
+    project_ids: &[Uuid],
+) -> Result<Vec<ProjectStats>, sqlx::Error> {
     sqlx::query_as!(
         ProjectStats,
         r#"insert into project_stats as s
@@ -71,7 +72,7 @@ pub async fn recompute(
                   pg_snapshot_xmin(pg_current_snapshot())
            from projects p
            left join tasks t on t.project_id = p.id
-           where p.id = $1
+           where p.id = any($1)
            group by p.id
            on conflict (project_id) do update
                set total = excluded.total, todo = excluded.todo, doing = excluded.doing,
@@ -80,8 +81,8 @@ pub async fn recompute(
                where s.computed_xmin <= excluded.computed_xmin
            returning project_id, total as "total!", todo as "todo!", doing as "doing!",
                      done as "done!", overdue as "overdue!", computed_at"#,
-        project_id
+        project_ids
     )
-    .fetch_optional(db)
+    .fetch_all(db)
     .await
 }

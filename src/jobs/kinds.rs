@@ -178,9 +178,9 @@ impl Runner {
         if !db::jobs::mark_processed(tx.exec(), id, Kind::StatsRecompute.name()).await? {
             return Ok(Outcome::Duplicate);
         }
-        let computed = db::stats::recompute(tx.exec(), job.project_id).await?;
+        let computed = db::stats::recompute(tx.exec(), &[job.project_id]).await?;
         tx.commit().await?;
-        if computed.is_none() {
+        if computed.is_empty() {
             return Ok(Outcome::Moot);
         }
         self.cache

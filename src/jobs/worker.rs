@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,10 +143,16 @@ impl Worker {
                 }
             }));
         }
+        let gauges = tokio::spawn(record_depths(
+            publisher.clone(),
+            self.0.topology.clone(),
+            lost.clone(),
+        ));
         tokio::select! {
             () = stop.cancelled() => {}
             () = lost.cancelled() => {}
         }
+        gauges.abort();
         for consumer in consumers {
             let _ = consumer.await;
         }
@@ -343,5 +349,42 @@ impl Worker {
 
     pub fn topology(&self) -> &Topology {
         &self.0.topology
+    }
+}
+
+/// How often the queue-depth gauges are refreshed.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets `keel_queue_depth` for every queue of the topology, every few seconds, on the
+/// worker's connection (a passive declare answers with the count of ready messages).
+async fn record_depths(publisher: Arc<Publisher>, topology: Topology, lost: CancellationToken) {
+    let Ok(channel) = publisher.connection().create_channel().await else {
+        return;
+    };
+    loop {
+        for queue in topology.queues() {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => {
+                    gauge!(names::QUEUE_DEPTH, "queue" => queue).set(f64::from(q.message_count()))
+                }
+                // A passive declare of a missing queue closes the channel: stop until the
+                // next connection declares the topology again.
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            () = lost.cancelled() => return,
+            () = tokio::time::sleep(DEPTH_INTERVAL) => {}
+        }
     }
 }

@@ -147,6 +147,10 @@ pub async fn run(
     sqlx::query!("analyze users, projects, project_members, tasks, comments")
         .execute(&mut *conn)
         .await?;
+    // The worker keeps stats current from now on; a seeded project starts with its own.
+    progress.stage("computing project stats");
+    let projects: Vec<uuid::Uuid> = loaded.world.projects.iter().map(|p| p.id).collect();
+    db::stats::recompute(&mut *conn, &projects).await?;
     drop(conn);
 
     let elapsed = started.elapsed();

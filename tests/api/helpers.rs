@@ -1,7 +1,7 @@
 //! Test fixtures: a database per test, the service on port 0, and a client that speaks
 //! the contract.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
@@ -38,8 +38,8 @@ pub struct TestDb {
     pub name: String,
     pub options: PgConnectOptions,
     pub pool: PgPool,
-    /// The RabbitMQ queues its instances declared, deleted with the database.
-    queues: Mutex<BTreeSet<String>>,
+    /// The RabbitMQ topologies its instances declared, deleted with the database.
+    topologies: Mutex<Vec<keel::jobs::Topology>>,
 }
 
 impl TestDb {
@@ -65,7 +65,7 @@ impl TestDb {
             name,
             options,
             pool,
-            queues: Mutex::default(),
+            topologies: Mutex::default(),
         }
     }
 }
@@ -89,12 +89,12 @@ impl TestDb {
             .join(&self.name)
     }
 
-    /// Notes the queues of a topology, to delete them with the database.
+    /// Notes a topology its instances declare, to delete it with the database.
     pub fn declared(&self, topology: &keel::jobs::Topology) {
-        self.queues
+        self.topologies
             .lock()
-            .expect("queues lock")
-            .extend(topology.queues());
+            .expect("topologies lock")
+            .push(topology.clone());
     }
 }
 
@@ -119,28 +119,17 @@ pub fn amqp_addr() -> SocketAddr {
         .expect("KEEL_TEST_AMQP_URL names an IP host and port")
 }
 
-/// Deletes a test's queues and exchange from the shared broker.
-async fn delete_topology(prefix: &str, queues: Vec<String>) -> Result<(), lapin::Error> {
-    if queues.is_empty() {
+/// Deletes the queues and exchanges a test declared on the shared broker.
+async fn delete_topologies(topologies: Vec<keel::jobs::Topology>) -> Result<(), lapin::Error> {
+    if topologies.is_empty() {
         return Ok(());
     }
     let connection =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    for queue in queues {
-        channel
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await?;
+    for topology in topologies {
+        topology.delete(&channel).await?;
     }
-    channel
-        .exchange_delete(
-            format!("{prefix}jobs").as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await?;
     connection.close(200, "bye".into()).await
 }
 
@@ -198,11 +187,8 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let prefix = self.redis_prefix();
-        let amqp_prefix = self.amqp_prefix();
-        let queues: Vec<String> =
-            std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
+        let topologies =
+            std::mem::take(&mut *self.topologies.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = std::fs::remove_dir_all(self.mailbox_dir());
         // Drop runs inside the test's runtime, which cannot be blocked on; a thread with
         // a runtime of its own can.
@@ -228,8 +214,8 @@ impl Drop for TestDb {
                         .query_async(&mut conn)
                         .await;
                 }
-                if let Err(e) = delete_topology(&amqp_prefix, queues).await {
-                    eprintln!("warning: could not delete the test's queues ({amqp_prefix}*): {e}");
+                if let Err(e) = delete_topologies(topologies).await {
+                    eprintln!("warning: could not delete the test's queues: {e}");
                 }
                 Ok::<(), sqlx::Error>(())
             })
