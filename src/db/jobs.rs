@@ -124,7 +124,8 @@ pub struct AssignmentMail {
     pub recipient_email: String,
 }
 
-/// `None` when the task or the user is gone: the email has nothing left to say.
+/// `None` when the task is gone or the recipient is no longer a member of its project: the
+/// email has nothing left to say, and a former member must not learn about the project.
 pub async fn assignment_mail(
     db: impl PgExecutor<'_>,
     task_id: Uuid,
@@ -136,7 +137,8 @@ pub async fn assignment_mail(
                 u.name as recipient_name, u.email as recipient_email
          from tasks t
          join projects p on p.id = t.project_id
-         join users u on u.id = $2
+         join project_members m on m.project_id = t.project_id and m.user_id = $2
+         join users u on u.id = m.user_id
          where t.id = $1",
         task_id,
         assignee_id

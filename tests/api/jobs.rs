@@ -504,14 +504,7 @@ async fn a_job_published_twice_is_run_step_by_step_and_has_its_effect_once() {
         json!({"title": "twice", "assignee_id": members[0].id}),
     )
     .await;
-    let config = &app.state.config;
-    let relay = Relay::new(
-        config,
-        app.state.db.clone(),
-        app.state.runner.clone(),
-        app.state.broker.clone(),
-    );
-    let worker = Worker::new(config, app.state.runner.clone(), app.state.broker.clone());
+    let (relay, worker) = relay_and_worker(&app);
     let publisher = relay.open().await.unwrap();
 
     assert!(relay.publish_batch(&publisher).await.unwrap() > 0);
@@ -538,4 +531,48 @@ async fn a_job_published_twice_is_run_step_by_step_and_has_its_effect_once() {
         .await
         .unwrap();
     assert_eq!(delivered, 1);
+}
+
+/// A relay and a worker on the app's clients, for a test to drive one step at a time.
+fn relay_and_worker(app: &TestApp) -> (Relay, Worker) {
+    let config = &app.state.config;
+    let relay = Relay::new(
+        config,
+        app.state.db.clone(),
+        app.state.runner.clone(),
+        app.state.broker.clone(),
+    );
+    let worker = Worker::new(config, app.state.runner.clone(), app.state.broker.clone());
+    (relay, worker)
+}
+
+#[tokio::test]
+async fn a_member_removed_before_their_email_goes_out_is_not_told_about_the_project() {
+    let sink = SmtpSink::start(Behaviour::default()).await;
+    let app = app_with(Role::Serve, &sink, |_| {}).await;
+    let (owner, project, members) = team(&app, 1).await;
+    app.create_task(
+        &owner,
+        project,
+        json!({"title": "secret plans", "assignee_id": members[0].id}),
+    )
+    .await;
+    let removed = app
+        .delete(
+            &format!("/v1/projects/{project}/members/{}", members[0].id),
+            &owner.token,
+        )
+        .await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+
+    let (relay, worker) = relay_and_worker(&app);
+    let publisher = relay.open().await.unwrap();
+    assert!(relay.publish_batch(&publisher).await.unwrap() > 0);
+    publisher.close().await;
+
+    assert_eq!(
+        worker.step(Kind::TaskAssigned).await.unwrap(),
+        Some(Settled::Finished(Outcome::Moot))
+    );
+    assert_eq!(sink.accepted_count(), 0);
 }
