@@ -99,15 +99,13 @@ impl std::fmt::Debug for JobsConfig {
     }
 }
 
-const MAX_PREFIX_BYTES: usize = 64;
-
 impl JobsConfig {
     pub(super) fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         let ms = Duration::from_millis;
         let secs = Duration::from_secs;
         let jobs = Self {
             amqp_url: read_amqp_url(vars)?,
-            amqp_prefix: read_prefix(vars)?,
+            amqp_prefix: vars.prefix("KEEL_AMQP_PREFIX", "keel.")?,
             connect_timeout: vars.duration_range(
                 "KEEL_AMQP_CONNECT_TIMEOUT",
                 secs(5),
@@ -204,20 +202,6 @@ fn read_amqp_url(vars: &Vars<'_>) -> Result<SecretString, ConfigError> {
     url.parse::<lapin::uri::AMQPUri>()
         .map_err(|e| error(VAR, format!("is not a valid AMQP URI: {e}")))?;
     Ok(url.into())
-}
-
-fn read_prefix(vars: &Vars<'_>) -> Result<String, ConfigError> {
-    const VAR: &str = "KEEL_AMQP_PREFIX";
-    let prefix = vars.get(VAR).unwrap_or_else(|| "keel.".into());
-    if prefix.len() > MAX_PREFIX_BYTES || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(error(
-            VAR,
-            format!(
-                "{prefix:?} must be 1 to {MAX_PREFIX_BYTES} visible ASCII characters, without spaces"
-            ),
-        ));
-    }
-    Ok(prefix)
 }
 
 fn read_delays(vars: &Vars<'_>) -> Result<Vec<Duration>, ConfigError> {

@@ -109,9 +109,6 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-/// The longest key prefix accepted: it is repeated in every key, so it should stay short.
-const MAX_PREFIX_BYTES: usize = 64;
-
 impl RedisConfig {
     /// Reads only this section, through `lookup` (an empty lookup gives the defaults).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -123,7 +120,7 @@ impl RedisConfig {
         let secs = Duration::from_secs;
         let redis = Self {
             url: read_url(vars)?,
-            prefix: read_prefix(vars)?,
+            prefix: vars.prefix("KEEL_REDIS_PREFIX", "keel:")?,
             pool_size: vars.range("KEEL_REDIS_POOL_SIZE", 16, 1, 1024)?,
             connect_timeout: vars.duration_range(
                 "KEEL_REDIS_CONNECT_TIMEOUT",
@@ -199,20 +196,6 @@ fn read_url(vars: &Vars<'_>) -> Result<SecretString, ConfigError> {
     Ok(url.into())
 }
 
-fn read_prefix(vars: &Vars<'_>) -> Result<String, ConfigError> {
-    const VAR: &str = "KEEL_REDIS_PREFIX";
-    let prefix = vars.get(VAR).unwrap_or_else(|| "keel:".into());
-    if prefix.len() > MAX_PREFIX_BYTES || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(error(
-            VAR,
-            format!(
-                "{prefix:?} must be 1 to {MAX_PREFIX_BYTES} visible ASCII characters, without spaces"
-            ),
-        ));
-    }
-    Ok(prefix)
-}
-
 fn read_failure_rate(vars: &Vars<'_>) -> Result<f64, ConfigError> {
     const VAR: &str = "KEEL_REDIS_BREAKER_FAILURE_RATE";
     let rate: f64 = vars.parse(VAR, 0.5)?;
@@ -230,7 +213,7 @@ fn read_failure_rate(vars: &Vars<'_>) -> Result<f64, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vars::{refused_var, with_vars};
+    use crate::config::vars::{MAX_PREFIX_BYTES, refused_var, with_vars};
 
     fn var_of(pairs: &[(&str, &str)]) -> &'static str {
         refused_var(pairs, RedisConfig::read)

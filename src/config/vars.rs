@@ -60,6 +60,9 @@ pub(super) fn process_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
+/// The longest name prefix accepted (see [`Vars::prefix`]).
+pub(super) const MAX_PREFIX_BYTES: usize = 64;
+
 /// Reads variables through a lookup function; empty values count as unset.
 pub(super) struct Vars<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -145,6 +148,22 @@ impl Vars<'_> {
             ));
         }
         Ok(value)
+    }
+
+    /// A name prefix (Redis keys, RabbitMQ queues): 1 to 64 visible ASCII characters. It is
+    /// repeated in every name, so it should stay short; a space would break tools that
+    /// split on it.
+    pub(super) fn prefix(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        let prefix = self.get(var).unwrap_or_else(|| default.into());
+        if prefix.len() > MAX_PREFIX_BYTES || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(error(
+                var,
+                format!(
+                    "{prefix:?} must be 1 to {MAX_PREFIX_BYTES} visible ASCII characters, without spaces"
+                ),
+            ));
+        }
+        Ok(prefix)
     }
 
     /// A secret: the development default is used only in `dev`; in `prod` it must be set,

@@ -53,6 +53,24 @@ pub struct TaskRead {
     pub comment_count: i64,
 }
 
+/// The `Task` in a query record that holds the task's columns among others (sqlx's
+/// records are anonymous types, so a function cannot take them). Moves only those fields.
+macro_rules! task_of {
+    ($r:ident) => {
+        Task {
+            id: $r.id,
+            project_id: $r.project_id,
+            title: $r.title,
+            description: $r.description,
+            status: $r.status,
+            assignee_id: $r.assignee_id,
+            due_date: $r.due_date,
+            created_at: $r.created_at,
+            updated_at: $r.updated_at,
+        }
+    };
+}
+
 /// A task, its assignee, its comment count and the caller's role, in one statement — the
 /// uncached single-task read. A primary-key lookup joined to two more (the membership and
 /// the assignee) and a count over `comments_task_created_idx`: one round trip instead of
@@ -91,17 +109,7 @@ pub async fn read(
         _ => None,
     };
     Ok(Some(TaskRead {
-        task: Task {
-            id: r.id,
-            project_id: r.project_id,
-            title: r.title,
-            description: r.description,
-            status: r.status,
-            assignee_id: r.assignee_id,
-            due_date: r.due_date,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        },
+        task: task_of!(r),
         role,
         assignee,
         comment_count: r.comment_count,
@@ -229,17 +237,7 @@ pub async fn update(
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| Updated {
-        task: Task {
-            id: r.id,
-            project_id: r.project_id,
-            title: r.title,
-            description: r.description,
-            status: r.status,
-            assignee_id: r.assignee_id,
-            due_date: r.due_date,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        },
+        task: task_of!(r),
         previous_assignee_id: r.previous_assignee_id,
         previous_status: r.previous_status,
         previous_due_date: r.previous_due_date,

@@ -50,6 +50,30 @@ async fn team(app: &TestApp, n: usize) -> (TestUser, Uuid, Vec<TestUser>) {
     (owner, project, members)
 }
 
+/// Creates a task assigned to `member`: one `email.task_assigned` job.
+async fn assign(
+    app: &TestApp,
+    owner: &TestUser,
+    project: Uuid,
+    member: &TestUser,
+    title: &str,
+) -> Value {
+    app.create_task(
+        owner,
+        project,
+        json!({"title": title, "assignee_id": member.id}),
+    )
+    .await
+}
+
+/// One pass of the relay over the outbox, on a connection of its own.
+async fn publish_once(relay: &Relay) -> usize {
+    let publisher = relay.open().await.expect("the broker answers");
+    let published = relay.publish_batch(&publisher).await.expect("a relay pass");
+    publisher.close().await;
+    published
+}
+
 fn recipients(messages: &[Received]) -> Vec<String> {
     messages.iter().flat_map(|m| m.to.clone()).collect()
 }
@@ -279,12 +303,7 @@ async fn a_failing_smtp_server_is_retried_then_parked_and_a_replay_delivers_once
     })
     .await;
     let (owner, project, members) = team(&app, 1).await;
-    app.create_task(
-        &owner,
-        project,
-        json!({"title": "never sent", "assignee_id": members[0].id}),
-    )
-    .await;
+    assign(&app, &owner, project, &members[0], "never sent").await;
 
     let broker = app.state.broker.clone();
     let topology = keel::jobs::relay::topology(&app.state.config);
@@ -470,12 +489,7 @@ async fn with_async_jobs_off_the_email_is_sent_inside_the_request() {
     app.state.flags.apply(&[row]);
     let (owner, project, members) = team(&app, 1).await;
 
-    app.create_task(
-        &owner,
-        project,
-        json!({"title": "sent inline", "assignee_id": members[0].id}),
-    )
-    .await;
+    assign(&app, &owner, project, &members[0], "sent inline").await;
 
     assert_eq!(sink.accepted_count(), 1, "sent before the response");
     assert_eq!(recipients(&sink.messages()), [members[0].email.clone()]);
@@ -498,23 +512,16 @@ async fn a_job_published_twice_is_run_step_by_step_and_has_its_effect_once() {
     // Serve only: the test drives the relay and the worker itself, one step at a time.
     let app = app_with(Role::Serve, &sink, |_| {}).await;
     let (owner, project, members) = team(&app, 1).await;
-    app.create_task(
-        &owner,
-        project,
-        json!({"title": "twice", "assignee_id": members[0].id}),
-    )
-    .await;
+    assign(&app, &owner, project, &members[0], "twice").await;
     let (relay, worker) = relay_and_worker(&app);
-    let publisher = relay.open().await.unwrap();
 
-    assert!(relay.publish_batch(&publisher).await.unwrap() > 0);
+    assert!(publish_once(&relay).await > 0);
     // A relay that crashed after the broker's confirm, before its commit: published again.
     sqlx::query("update outbox set published_at = null where kind = 'email.task_assigned'")
         .execute(&app.db)
         .await
         .unwrap();
-    assert!(relay.publish_batch(&publisher).await.unwrap() > 0);
-    publisher.close().await;
+    assert!(publish_once(&relay).await > 0);
 
     assert_eq!(
         worker.step(Kind::TaskAssigned).await.unwrap(),
@@ -551,12 +558,7 @@ async fn a_member_removed_before_their_email_goes_out_is_not_told_about_the_proj
     let sink = SmtpSink::start(Behaviour::default()).await;
     let app = app_with(Role::Serve, &sink, |_| {}).await;
     let (owner, project, members) = team(&app, 1).await;
-    app.create_task(
-        &owner,
-        project,
-        json!({"title": "secret plans", "assignee_id": members[0].id}),
-    )
-    .await;
+    assign(&app, &owner, project, &members[0], "secret plans").await;
     let removed = app
         .delete(
             &format!("/v1/projects/{project}/members/{}", members[0].id),
@@ -566,9 +568,7 @@ async fn a_member_removed_before_their_email_goes_out_is_not_told_about_the_proj
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
 
     let (relay, worker) = relay_and_worker(&app);
-    let publisher = relay.open().await.unwrap();
-    assert!(relay.publish_batch(&publisher).await.unwrap() > 0);
-    publisher.close().await;
+    assert!(publish_once(&relay).await > 0);
 
     assert_eq!(
         worker.step(Kind::TaskAssigned).await.unwrap(),
