@@ -263,12 +263,12 @@ async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
 
 async fn jobs(command: Jobs) -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Prod)?;
-    let _logs = telemetry::init(&config.log, None)?;
+    let _logs = telemetry::init_for_command(&config.log)?;
     let broker = jobs::Broker::new(&config.jobs);
     let topology = jobs::relay::topology(&config);
     match command {
         Jobs::Dead { limit, json } => {
-            let parked = jobs::dead::list(&broker, &topology, limit)
+            let parked = jobs::dead::list(&broker, &topology, limit, config.jobs.publish_timeout)
                 .await
                 .map_err(anyhow::Error::msg)?;
             for job in &parked {

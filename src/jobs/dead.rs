@@ -50,9 +50,10 @@ pub async fn list(
     broker: &Broker,
     topology: &Topology,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Vec<Parked>, String> {
     let connection = broker.connect("keel jobs dead").await?;
-    let result = async {
+    let listing = async {
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         let mut found = Vec::new();
@@ -68,11 +69,11 @@ pub async fn list(
             };
             found.push(parked(&message.delivery));
         }
-        Ok::<_, lapin::Error>(found)
-    }
-    .await
-    .map_err(|e| format!("rabbitmq: {e}"));
-    // Closing returns every message taken above to the queue.
+        // Closing the channel returns every message taken above to the queue.
+        channel.close(200, "listed".into()).await?;
+        Ok(found)
+    };
+    let result = publisher::bounded(timeout, "listing the parked jobs", listing).await;
     let _ = connection.close(200, "listed".into()).await;
     result
 }
@@ -103,21 +104,17 @@ async fn replay_on(
     topology: &Topology,
     filter: &Filter,
 ) -> Result<usize, String> {
-    let rabbit = |e: lapin::Error| format!("rabbitmq: {e}");
-    let channel = publisher
-        .connection()
-        .create_channel()
-        .await
-        .map_err(rabbit)?;
+    let limit = publisher.timeout();
+    let channel =
+        publisher::bounded(limit, "channel", publisher.connection().create_channel()).await?;
     let mut replayed = 0;
-    while let Some(message) = channel
-        .basic_get(
+    let next = || {
+        channel.basic_get(
             topology.parked().as_str().into(),
             BasicGetOptions::default(),
         )
-        .await
-        .map_err(rabbit)?
-    {
+    };
+    while let Some(message) = publisher::bounded(limit, "get", next()).await? {
         let delivery = &message.delivery;
         let job = parked(delivery);
         let Some(kind) = Kind::from_name(&job.kind).filter(|k| Kind::QUEUED.contains(k)) else {
@@ -144,11 +141,7 @@ async fn replay_on(
                 },
             )
             .await?;
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(rabbit)?;
+        publisher::bounded(limit, "ack", delivery.acker.ack(BasicAckOptions::default())).await?;
         replayed += 1;
     }
     Ok(replayed)

@@ -63,7 +63,13 @@ impl Publisher {
                 .await?;
             Ok::<_, lapin::Error>(channel)
         };
-        let channel = setup.await.map_err(|e| format!("rabbitmq: {e}"))?;
+        let channel = match bounded(confirm_timeout, "declaring the topology", setup).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let _ = connection.close(200, "setup failed".into()).await;
+                return Err(e);
+            }
+        };
         Ok(Self {
             connection,
             channel,
@@ -73,6 +79,11 @@ impl Publisher {
 
     pub fn connection(&self) -> &Connection {
         &self.connection
+    }
+
+    /// The deadline of one exchange with the broker on this connection.
+    pub fn timeout(&self) -> Duration {
+        self.confirm_timeout
     }
 
     /// Sends one message; await the returned confirm with [`Publisher::confirmed`].
@@ -89,19 +100,17 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_timestamp(unix_seconds())
             .with_headers(message.headers);
-        self.channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                message.payload,
-                properties,
-            )
-            .await
-            .map_err(|e| format!("rabbitmq publish: {e}"))
+        let publish = self.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            message.payload,
+            properties,
+        );
+        bounded(self.confirm_timeout, "publish", publish).await
     }
 
     /// Waits for the broker's answer to one message, within the confirm timeout.
@@ -135,6 +144,21 @@ impl Publisher {
 
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// Runs one exchange with the broker within `limit`. A connection that dies under lapin
+/// mid-exchange can leave its future pending; the deadline turns that into an error, which
+/// the caller's reconnect loop handles like any other.
+pub async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    exchange: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("rabbitmq {what}: {e}")),
+        Err(_) => Err(format!("rabbitmq {what}: no answer within {limit:?}")),
     }
 }
 

@@ -199,7 +199,7 @@ impl Worker {
                 )
                 .await
         };
-        setup.await.map_err(|e| format!("rabbitmq consume: {e}"))
+        publisher::bounded(publisher.timeout(), "consume", setup).await
     }
 
     /// Tests: takes one message of `kind` off its queue, runs it and settles it, on a
@@ -207,18 +207,16 @@ impl Worker {
     pub async fn step(&self, kind: Kind) -> Result<Option<Settled>, String> {
         let publisher = self.publisher().await?;
         let result = async {
-            let channel = publisher
-                .connection()
-                .create_channel()
-                .await
-                .map_err(|e| e.to_string())?;
-            let message = channel
-                .basic_get(
-                    self.0.topology.queue(kind).as_str().into(),
-                    BasicGetOptions::default(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let get = async {
+                let channel = publisher.connection().create_channel().await?;
+                channel
+                    .basic_get(
+                        self.0.topology.queue(kind).as_str().into(),
+                        BasicGetOptions::default(),
+                    )
+                    .await
+            };
+            let message = publisher::bounded(publisher.timeout(), "get", get).await?;
             match message {
                 Some(message) => self
                     .handle(&publisher, kind, &message.delivery)
@@ -287,11 +285,12 @@ impl Worker {
                     .await?
             }
         };
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| format!("rabbitmq ack: {e}"))?;
+        publisher::bounded(
+            publisher.timeout(),
+            "ack",
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await?;
         let label = settled.label();
         counter!(names::JOBS_FINISHED, "kind" => kind.name(), "outcome" => label).increment(1);
         histogram!(names::JOB_DURATION, "kind" => kind.name(), "outcome" => label)

@@ -51,13 +51,45 @@ pub fn init(
     log: &LogConfig,
     telemetry: Option<&TelemetryConfig>,
 ) -> anyhow::Result<TelemetryGuard> {
+    init_to(log, telemetry, Stream::Stdout)
+}
+
+/// Logs only, on stderr: for a command whose stdout is its answer (`keel jobs dead
+/// --json`), which a log line must not interleave.
+pub fn init_for_command(log: &LogConfig) -> anyhow::Result<TelemetryGuard> {
+    init_to(log, None, Stream::Stderr)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+fn init_to(
+    log: &LogConfig,
+    telemetry: Option<&TelemetryConfig>,
+    stream: Stream,
+) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&log.filter)?;
+    let writer = move || -> Box<dyn std::io::Write> {
+        match stream {
+            Stream::Stdout => Box::new(std::io::stdout()),
+            Stream::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let terminal = match stream {
+        Stream::Stdout => std::io::stdout().is_terminal(),
+        Stream::Stderr => std::io::stderr().is_terminal(),
+    };
     let fmt = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stdout().is_terminal())
+            .with_ansi(terminal)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)

@@ -309,7 +309,9 @@ async fn a_failing_smtp_server_is_retried_then_parked_and_a_replay_delivers_once
     let topology = keel::jobs::relay::topology(&app.state.config);
     let mut parked = Vec::new();
     let found = eventually(Duration::from_secs(20), async || {
-        parked = dead::list(&broker, &topology, 10).await.unwrap();
+        parked = dead::list(&broker, &topology, 10, Duration::from_secs(5))
+            .await
+            .unwrap();
         !parked.is_empty()
     })
     .await;
@@ -334,7 +336,12 @@ async fn a_failing_smtp_server_is_retried_then_parked_and_a_replay_delivers_once
     assert_eq!(recipients(&delivered), [members[0].email.clone()]);
     settle(&app).await;
     assert_eq!(sink.accepted_count(), 1);
-    assert!(dead::list(&broker, &topology, 10).await.unwrap().is_empty());
+    assert!(
+        dead::list(&broker, &topology, 10, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
