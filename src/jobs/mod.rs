@@ -234,11 +234,24 @@ impl Jobs {
     }
 }
 
-/// Inserts the outbox rows of `jobs`, each carrying the current trace context.
+/// Inserts the outbox rows of `jobs`, each carrying the request's trace context.
 async fn insert(tx: &mut Tx, jobs: &[Job]) -> Result<(), sqlx::Error> {
     if jobs.is_empty() {
         return Ok(());
     }
+    insert_rows(tx, jobs).await
+}
+
+/// [`insert`], in a span of its own whose context the rows carry.
+///
+/// Why a span of its own, rather than the caller's: the current span may be one that the
+/// OpenTelemetry layer filters out while another layer keeps it — a handler's TRACE-level
+/// span when `RUST_LOG=keel=trace` — and such a span has no trace context, so the jobs
+/// would start traces of their own. This span is at DEBUG, which the OpenTelemetry filter
+/// keeps (`telemetry::otel_filter`), and the layer parents it on the nearest span that it
+/// does see (the request's): its context is always in the request's trace.
+#[tracing::instrument(level = "debug", name = "jobs.enqueue", skip_all, fields(jobs = jobs.len()))]
+async fn insert_rows(tx: &mut Tx, jobs: &[Job]) -> Result<(), sqlx::Error> {
     let context = trace_context();
     let rows: Vec<(Uuid, &'static str, Value)> = jobs
         .iter()
@@ -256,7 +269,8 @@ async fn insert(tx: &mut Tx, jobs: &[Job]) -> Result<(), sqlx::Error> {
     db::outbox::insert(tx.exec(), &new).await
 }
 
-/// The current span's W3C trace context, as the outbox stores it.
+/// The current span's W3C trace context, as the outbox stores it (empty when traces are
+/// off).
 fn trace_context() -> Value {
     let map = propagation::to_map(&tracing::Span::current().context());
     serde_json::to_value(map).unwrap_or_default()
