@@ -74,7 +74,8 @@ pub async fn list(
         Ok(found)
     };
     let result = publisher::bounded(timeout, "listing the parked jobs", listing).await;
-    let _ = connection.close(200, "listed".into()).await;
+    let close = connection.close(200, "listed".into());
+    let _ = publisher::bounded(timeout, "close", close).await;
     result
 }
 

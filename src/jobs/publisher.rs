@@ -66,7 +66,8 @@ impl Publisher {
         let channel = match bounded(confirm_timeout, "declaring the topology", setup).await {
             Ok(channel) => channel,
             Err(e) => {
-                let _ = connection.close(200, "setup failed".into()).await;
+                let close = connection.close(200, "setup failed".into());
+                let _ = bounded(confirm_timeout, "close", close).await;
                 return Err(e);
             }
         };
@@ -142,8 +143,11 @@ impl Publisher {
         }
     }
 
+    /// Closes the connection, within the deadline: closing a connection that died under
+    /// lapin can wait forever for the broker's answer.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        let close = self.connection.close(200, "bye".into());
+        let _ = bounded(self.confirm_timeout, "close", close).await;
     }
 }
 

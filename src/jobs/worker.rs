@@ -207,16 +207,17 @@ impl Worker {
     pub async fn step(&self, kind: Kind) -> Result<Option<Settled>, String> {
         let publisher = self.publisher().await?;
         let result = async {
-            let get = async {
-                let channel = publisher.connection().create_channel().await?;
-                channel
-                    .basic_get(
-                        self.0.topology.queue(kind).as_str().into(),
-                        BasicGetOptions::default(),
-                    )
-                    .await
-            };
-            let message = publisher::bounded(publisher.timeout(), "get", get).await?;
+            // The channel lives until the message is settled: dropping it closes it, and
+            // the ack would fail.
+            let limit = publisher.timeout();
+            let channel =
+                publisher::bounded(limit, "channel", publisher.connection().create_channel())
+                    .await?;
+            let get = channel.basic_get(
+                self.0.topology.queue(kind).as_str().into(),
+                BasicGetOptions::default(),
+            );
+            let message = publisher::bounded(limit, "get", get).await?;
             match message {
                 Some(message) => self
                     .handle(&publisher, kind, &message.delivery)

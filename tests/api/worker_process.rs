@@ -184,12 +184,9 @@ fn keel_command(test_db: &TestDb, smtp_url: &str, extra: &[(&str, &str)]) -> Com
 /// Runs `keel jobs {args}` to completion (bounded): its stdout, after asserting it
 /// succeeded.
 async fn keel_jobs(app: &TestApp, smtp_url: &str, args: &[&str]) -> String {
-    // `keel jobs` writes its logs to stdout, among its output, and lapin logs an ERROR
-    // ("invalid channel state: Closing") as most listings close their connection: with
-    // logs on, `keel jobs dead --json` is not JSON lines. Off here, so that the test reads
-    // the command's output alone; the logs belong on stderr (cli.rs, `jobs`).
-    let mut command =
-        tokio::process::Command::from(keel_command(&app.test_db, smtp_url, &[("RUST_LOG", "off")]));
+    // Logs on, at the default level: `keel jobs` writes them to stderr, so stdout is the
+    // command's output alone (`--json` must stay one object per line).
+    let mut command = tokio::process::Command::from(keel_command(&app.test_db, smtp_url, &[]));
     command.arg("jobs").args(args).kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(30), command.output())
         .await
@@ -472,7 +469,7 @@ async fn keel_jobs_dead_lists_a_parked_email_and_keel_jobs_replay_delivers_it_on
         .unwrap();
     let topology = keel::jobs::relay::topology(&app.state.config);
     let parked = eventually(Duration::from_secs(20), async || {
-        !keel::jobs::dead::list(&app.state.broker, &topology, 10)
+        !keel::jobs::dead::list(&app.state.broker, &topology, 10, Duration::from_secs(5))
             .await
             .unwrap()
             .is_empty()
