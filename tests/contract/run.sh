@@ -27,14 +27,27 @@ print(*ports)')
 api=http://127.0.0.1:$http_port
 
 server=
+# The run's own names on the shared Redis and RabbitMQ, and its own mailbox.
+redis_prefix="keel-contract:$database:"
+amqp_prefix="keel-contract.$database."
+root=$(pwd)
+mailbox=$root/target/contract-mailbox
 cleanup() {
     if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
     psql -q "$maintenance" -c "drop database if exists \"$database\" with (force)" || true
+    KEEL_ENV=dev KEEL_AMQP_PREFIX="$amqp_prefix" "$root/target/debug/keel" jobs delete-topology >/dev/null 2>&1 || true
+    if command -v redis-cli >/dev/null; then
+        redis-cli --scan --pattern "$redis_prefix*" | xargs -r redis-cli del >/dev/null || true
+    fi
+    rm -rf "$mailbox"
 }
 trap cleanup EXIT
 
 DATABASE_URL="${maintenance%/*}/$database" \
 KEEL_ENV=dev \
+KEEL_REDIS_PREFIX="$redis_prefix" \
+KEEL_AMQP_PREFIX="$amqp_prefix" \
+KEEL_MAILBOX_DIR="$mailbox" \
 KEEL_HTTP_ADDR=127.0.0.1:$http_port \
 KEEL_ADMIN_ADDR=127.0.0.1:$admin_port \
 RUST_LOG=${RUST_LOG:-warn} \
