@@ -352,12 +352,20 @@ fn print_banner(app: &Application, demo_present: bool) {
         "  Demo     none: the database held data at first start (keel seed's report has logins)\n"
             .to_owned()
     };
+    let mail = match config.jobs.smtp() {
+        Some(_) => "sent over SMTP (SMTP_URL)".to_owned(),
+        None => format!(
+            "written to {}/*.eml (set SMTP_URL to send them)",
+            config.jobs.mailbox_dir.display()
+        ),
+    };
     let banner = format!(
         r#"
 Keel is up (KEEL_ENV=dev)
   API      {api}/v1
   Docs     {api}/docs   (OpenAPI: {api}/openapi.json)
   Admin    {admin}/readyz, {admin}/admin/flags  (Authorization: Bearer {admin_token})
+  Emails   {mail}
 {demo}"#,
     );
     if config.log.format == LogFormat::Json {

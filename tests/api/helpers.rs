@@ -430,6 +430,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Tells the instance to stop, as SIGTERM would: it drains and exits in the background.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     pub fn admin_request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{path}", self.admin))
     }

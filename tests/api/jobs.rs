@@ -583,3 +583,46 @@ async fn a_member_removed_before_their_email_goes_out_is_not_told_about_the_proj
     );
     assert_eq!(sink.accepted_count(), 0);
 }
+
+#[tokio::test]
+async fn a_stopping_worker_finishes_the_send_in_hand_before_it_exits() {
+    let sink = SmtpSink::start(Behaviour {
+        delay: Duration::from_millis(1500),
+        failing: false,
+    })
+    .await;
+    let app = app_with(Role::All, &sink, |_| {}).await;
+    let (owner, project, members) = team(&app, 1).await;
+    assign(&app, &owner, project, &members[0], "in hand").await;
+    let sending = eventually(Duration::from_secs(10), async || {
+        let claims: i64 =
+            sqlx::query_scalar("select count(*) from email_deliveries where state = 'sending'")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        claims == 1
+    })
+    .await;
+    assert!(sending, "the worker took the job and is sending");
+
+    app.stop();
+
+    // The send in hand completes (within KEEL_SHUTDOWN_TIMEOUT, 5 s here) and is recorded,
+    // rather than being cut off and left for a redelivery.
+    let delivered = sink.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(recipients(&delivered), [members[0].email.clone()]);
+    // The stopped instance closes its pool: look with a connection of the test's own.
+    let db = sqlx::PgPool::connect_with(app.test_db.options.clone())
+        .await
+        .unwrap();
+    let sent = eventually(Duration::from_secs(10), async || {
+        let state: String = sqlx::query_scalar("select state from email_deliveries")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        state == "sent"
+    })
+    .await;
+    db.close().await;
+    assert!(sent, "the delivery is recorded before the worker stops");
+}
