@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by the load-test scripts (core.sh, tasks-bench.sh, observability-bench.sh,
-# revisions-bench.sh, cache-bench.sh); source it, do not run it.
+# revisions-bench.sh, cache-bench.sh, jobs-bench.sh); source it, do not run it.
 #
 #   PROG=core.sh                 # the prefix of every message (default: the script's name)
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

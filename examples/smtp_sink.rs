@@ -1,0 +1,306 @@
+//! The SMTP server of `loadtests/jobs-bench.sh`: it accepts every message, answers the end
+//! of `DATA` after a fixed delay, and appends one line per accepted message to a log — its
+//! `Message-ID` and the time it was accepted, in Unix microseconds — so that the bench can
+//! join each email with the outbox row that caused it (Keel's `Message-ID` is
+//! `<{job id}@keel>`, and the job id is the outbox row's id).
+//!
+//! ```text
+//! smtp_sink ADDR DELAY LOG LIFETIME
+//! smtp_sink 127.0.0.1:18925 200ms target/bench/jobs-bench/accepted-1.tsv 1h
+//! ```
+//!
+//! * **Why an example, not the tests' sink.** `tests/api/smtp_sink.rs` is a module of the
+//!   integration-test binary: an example cannot import it, it keeps messages in memory for
+//!   assertions instead of logging arrival times, and it lives only as long as one test.
+//!   Sharing one sink would mean moving test machinery into the library that Keel ships.
+//!   The protocol code below is the tests' (enough RFC 5321 for lettre 0.11 over plaintext:
+//!   no STARTTLS, no AUTH); what differs is the process around it.
+//! * **The delay** is held before the answer to the final `.`, as a slow server does: the
+//!   sender waits for it, whether it is a request (`async_jobs` off) or the worker.
+//! * **The log** is tab-separated, `<message-id>\t<unix µs>\n`, one `write` per line on a
+//!   file opened for appending, so a reader never sees half a line (`-` for a message
+//!   without a `Message-ID`). The time is taken just before the `250` is sent: the moment
+//!   the message counts as delivered.
+//! * **Bounds.** It listens on a loopback address only, holds at most
+//!   [`MAX_CONNECTIONS`] connections, caps lines and messages, and exits on SIGTERM, on
+//!   Ctrl-C or after `LIFETIME`, whichever comes first.
+
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncWrite, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// RFC 5321 allows command lines of 512 octets; leave headroom, but keep a bound.
+const MAX_COMMAND_LINE: usize = 4 * 1024;
+/// The largest message accepted; a client sending more loses its connection.
+const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+/// Connections open at once (Keel's pools hold a few each); more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Where accepted messages are recorded. A mutex around an unbuffered file: each line is
+/// one `write(2)` in append mode, and the lock keeps lines from interleaving.
+struct Log(Mutex<std::fs::File>);
+
+impl Log {
+    fn record(&self, message_id: &str) -> io::Result<()> {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let line = format!("{message_id}\t{micros}\n");
+        let mut file = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        file.write_all(line.as_bytes())
+    }
+}
+
+/// The arguments, checked: the address must be on this machine.
+fn arguments() -> anyhow::Result<(SocketAddr, Duration, PathBuf, Duration)> {
+    let usage =
+        "usage: smtp_sink ADDR DELAY LOG LIFETIME (e.g. 127.0.0.1:18925 200ms accepted.tsv 1h)";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, delay, log, lifetime] = args.as_slice() else {
+        bail!("{usage}");
+    };
+    let addr: SocketAddr = addr.parse().context("ADDR (127.0.0.1:PORT)")?;
+    if !addr.ip().is_loopback() {
+        bail!("ADDR={addr}: a loopback address (the sink serves this machine only)");
+    }
+    let delay = humantime::parse_duration(delay).context("DELAY (0ms, 200ms, 1s)")?;
+    let lifetime = humantime::parse_duration(lifetime).context("LIFETIME (10m, 1h)")?;
+    if lifetime.is_zero() {
+        bail!("LIFETIME must be positive");
+    }
+    Ok((addr, delay, PathBuf::from(log), lifetime))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (addr, delay, path, lifetime) = arguments()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open the log {}", path.display()))?;
+    let log = Arc::new(Log(Mutex::new(file)));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
+    eprintln!("smtp_sink: listening on {addr}, answering DATA after {delay:?}");
+
+    let stop = CancellationToken::new();
+    let term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    tokio::spawn(stop_on_signal(term, lifetime, stop.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot?,
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of file descriptors and the like: give the machine a moment rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (log, stop) = (Arc::clone(&log), stop.clone());
+        tokio::spawn(async move {
+            // An error ends only this connection: a broken client just gets hung up on.
+            let _ = stop.run_until_cancelled(serve(stream, delay, &log)).await;
+            drop(slot);
+        });
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// Cancels `stop` on SIGTERM, on Ctrl-C, or once `lifetime` has passed.
+async fn stop_on_signal(mut term: Signal, lifetime: Duration, stop: CancellationToken) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        () = tokio::time::sleep(lifetime) => {
+            eprintln!("smtp_sink: LIFETIME {lifetime:?} is over; stopping");
+        }
+    }
+    stop.cancel();
+}
+
+/// The envelope of the transaction in progress on one connection.
+#[derive(Debug, Default)]
+struct Transaction {
+    from: Option<String>,
+    to: Vec<String>,
+}
+
+/// What a command line asks of the connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Reply(&'static str),
+    Data,
+    Quit,
+}
+
+async fn serve(stream: TcpStream, delay: Duration, log: &Log) -> io::Result<()> {
+    let mut conn = BufReader::new(stream);
+    reply(&mut conn, "220 localhost Keel bench SMTP sink").await?;
+    let mut transaction = Transaction::default();
+    while let Some(line) = read_line(&mut conn, MAX_COMMAND_LINE).await? {
+        match step(&String::from_utf8_lossy(trim_eol(&line)), &mut transaction) {
+            Step::Reply(text) => reply(&mut conn, text).await?,
+            Step::Data => {
+                reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>").await?;
+                let message = read_message(&mut conn).await?;
+                transaction = Transaction::default();
+                // A client that hangs up before the answer was never told its message was
+                // taken: nothing is logged, as a server that commits a message only with
+                // its answer would do.
+                let peer_gone = async { matches!(conn.fill_buf().await, Ok([]) | Err(_)) };
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    true = peer_gone => return Ok(()),
+                }
+                log.record(&message_id(&message))?;
+                reply(&mut conn, "250 2.0.0 OK queued").await?;
+            }
+            Step::Quit => return reply(&mut conn, "221 2.0.0 bye").await,
+        }
+    }
+    Ok(())
+}
+
+/// The message's `Message-ID` header value, or `-`: the first such header of the header
+/// section (before the first empty line), matched without regard to case.
+fn message_id(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("message-id")
+                .then(|| value.trim().to_owned())
+        })
+        .filter(|id| !id.is_empty() && !id.contains(['\t', '\n']))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The SMTP state machine without the I/O, one command line at a time.
+fn step(line: &str, transaction: &mut Transaction) -> Step {
+    let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
+    match verb.to_ascii_uppercase().as_str() {
+        "EHLO" => {
+            *transaction = Transaction::default();
+            Step::Reply("250-localhost\r\n250 8BITMIME")
+        }
+        "HELO" => {
+            *transaction = Transaction::default();
+            Step::Reply("250 localhost")
+        }
+        "MAIL" if transaction.from.is_some() => Step::Reply("503 5.5.1 MAIL already given"),
+        "MAIL" => match path(args, "FROM:") {
+            Some(from) => {
+                transaction.from = Some(from);
+                Step::Reply("250 2.1.0 OK")
+            }
+            None => Step::Reply("501 5.5.4 syntax: MAIL FROM:<address>"),
+        },
+        "RCPT" if transaction.from.is_none() => Step::Reply("503 5.5.1 need MAIL first"),
+        "RCPT" => match path(args, "TO:").filter(|to| !to.is_empty()) {
+            Some(to) => {
+                transaction.to.push(to);
+                Step::Reply("250 2.1.5 OK")
+            }
+            None => Step::Reply("501 5.5.4 syntax: RCPT TO:<address>"),
+        },
+        "DATA" if transaction.from.is_none() || transaction.to.is_empty() => {
+            Step::Reply("503 5.5.1 need MAIL and RCPT first")
+        }
+        "DATA" => Step::Data,
+        "RSET" => {
+            *transaction = Transaction::default();
+            Step::Reply("250 2.0.0 OK")
+        }
+        "NOOP" => Step::Reply("250 2.0.0 OK"),
+        "QUIT" => Step::Quit,
+        _ => Step::Reply("502 5.5.2 command not recognized"),
+    }
+}
+
+/// The address in `FROM:<a@b> PARAMS` or `TO:<a@b>`; parameters (lettre's `BODY=8BITMIME`)
+/// are ignored.
+fn path(args: &str, keyword: &str) -> Option<String> {
+    let head = args.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = args.get(keyword.len()..)?.trim_start().strip_prefix('<')?;
+    let (address, _parameters) = rest.split_once('>')?;
+    Some(address.to_owned())
+}
+
+/// Reads the message after 354 up to the line that is just ".", undoing the client's
+/// dot-stuffing (RFC 5321 4.5.2).
+async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::Result<Vec<u8>> {
+    let mut message = Vec::new();
+    loop {
+        let room = MAX_MESSAGE - message.len();
+        // +3: a full message still leaves room for the ".\r\n" that ends it.
+        let line = read_line(conn, room + 3)
+            .await?
+            .ok_or_else(|| broken("the client hung up during DATA"))?;
+        if trim_eol(&line) == b"." {
+            return Ok(message);
+        }
+        let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
+        if unstuffed.len() > room {
+            return Err(broken("the message is over the size cap"));
+        }
+        message.extend_from_slice(unstuffed);
+    }
+}
+
+/// One line, terminator included, of at most `cap` bytes; `None` when the client closed
+/// the connection between lines.
+async fn read_line<C: AsyncBufRead + Unpin>(
+    conn: &mut C,
+    cap: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+    conn.take(cap).read_until(b'\n', &mut line).await?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if !line.ends_with(b"\n") {
+        return Err(broken("a line over the cap, or cut off by the client"));
+    }
+    Ok(Some(line))
+}
+
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+async fn reply<C: AsyncWrite + Unpin>(conn: &mut C, text: &str) -> io::Result<()> {
+    conn.write_all(format!("{text}\r\n").as_bytes()).await?;
+    conn.flush().await
+}
+
+fn broken(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
