@@ -13,8 +13,8 @@
 //!   integration-test binary: an example cannot import it, it keeps messages in memory for
 //!   assertions instead of logging arrival times, and it lives only as long as one test.
 //!   Sharing one sink would mean moving test machinery into the library that Keel ships.
-//!   The protocol code below is the tests' (enough RFC 5321 for lettre 0.11 over plaintext:
-//!   no STARTTLS, no AUTH); what differs is the process around it.
+//!   The protocol is the tests' (`smtp/protocol.rs`, included by both); what differs is
+//!   the process around it.
 //! * **The delay** is held before the answer to the final `.`, as a slow server does: the
 //!   sender waits for it, whether it is a request (`async_jobs` off) or the worker.
 //! * **The log** is tab-separated, `<message-id>\t<unix µs>\n`, one `write` per line on a
@@ -32,17 +32,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::io::{AsyncWrite, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// RFC 5321 allows command lines of 512 octets; leave headroom, but keep a bound.
-const MAX_COMMAND_LINE: usize = 4 * 1024;
-/// The largest message accepted; a client sending more loses its connection.
-const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+#[path = "smtp/protocol.rs"]
+mod protocol;
+
+use protocol::{
+    MAX_COMMAND_LINE, Step, Transaction, read_line, read_message, reply, step, trim_eol,
+};
+
 /// Connections open at once (Keel's pools hold a few each); more wait to be accepted.
 const MAX_CONNECTIONS: usize = 256;
 
@@ -139,21 +141,6 @@ async fn stop_on_signal(mut term: Signal, lifetime: Duration, stop: Cancellation
     stop.cancel();
 }
 
-/// The envelope of the transaction in progress on one connection.
-#[derive(Debug, Default)]
-struct Transaction {
-    from: Option<String>,
-    to: Vec<String>,
-}
-
-/// What a command line asks of the connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    Reply(&'static str),
-    Data,
-    Quit,
-}
-
 async fn serve(stream: TcpStream, delay: Duration, log: &Log) -> io::Result<()> {
     let mut conn = BufReader::new(stream);
     reply(&mut conn, "220 localhost Keel bench SMTP sink").await?;
@@ -196,111 +183,4 @@ fn message_id(message: &[u8]) -> String {
         })
         .filter(|id| !id.is_empty() && !id.contains(['\t', '\n']))
         .unwrap_or_else(|| "-".to_owned())
-}
-
-/// The SMTP state machine without the I/O, one command line at a time.
-fn step(line: &str, transaction: &mut Transaction) -> Step {
-    let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
-    match verb.to_ascii_uppercase().as_str() {
-        "EHLO" => {
-            *transaction = Transaction::default();
-            Step::Reply("250-localhost\r\n250 8BITMIME")
-        }
-        "HELO" => {
-            *transaction = Transaction::default();
-            Step::Reply("250 localhost")
-        }
-        "MAIL" if transaction.from.is_some() => Step::Reply("503 5.5.1 MAIL already given"),
-        "MAIL" => match path(args, "FROM:") {
-            Some(from) => {
-                transaction.from = Some(from);
-                Step::Reply("250 2.1.0 OK")
-            }
-            None => Step::Reply("501 5.5.4 syntax: MAIL FROM:<address>"),
-        },
-        "RCPT" if transaction.from.is_none() => Step::Reply("503 5.5.1 need MAIL first"),
-        "RCPT" => match path(args, "TO:").filter(|to| !to.is_empty()) {
-            Some(to) => {
-                transaction.to.push(to);
-                Step::Reply("250 2.1.5 OK")
-            }
-            None => Step::Reply("501 5.5.4 syntax: RCPT TO:<address>"),
-        },
-        "DATA" if transaction.from.is_none() || transaction.to.is_empty() => {
-            Step::Reply("503 5.5.1 need MAIL and RCPT first")
-        }
-        "DATA" => Step::Data,
-        "RSET" => {
-            *transaction = Transaction::default();
-            Step::Reply("250 2.0.0 OK")
-        }
-        "NOOP" => Step::Reply("250 2.0.0 OK"),
-        "QUIT" => Step::Quit,
-        _ => Step::Reply("502 5.5.2 command not recognized"),
-    }
-}
-
-/// The address in `FROM:<a@b> PARAMS` or `TO:<a@b>`; parameters (lettre's `BODY=8BITMIME`)
-/// are ignored.
-fn path(args: &str, keyword: &str) -> Option<String> {
-    let head = args.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = args.get(keyword.len()..)?.trim_start().strip_prefix('<')?;
-    let (address, _parameters) = rest.split_once('>')?;
-    Some(address.to_owned())
-}
-
-/// Reads the message after 354 up to the line that is just ".", undoing the client's
-/// dot-stuffing (RFC 5321 4.5.2).
-async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::Result<Vec<u8>> {
-    let mut message = Vec::new();
-    loop {
-        let room = MAX_MESSAGE - message.len();
-        // +3: a full message still leaves room for the ".\r\n" that ends it.
-        let line = read_line(conn, room + 3)
-            .await?
-            .ok_or_else(|| broken("the client hung up during DATA"))?;
-        if trim_eol(&line) == b"." {
-            return Ok(message);
-        }
-        let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
-        if unstuffed.len() > room {
-            return Err(broken("the message is over the size cap"));
-        }
-        message.extend_from_slice(unstuffed);
-    }
-}
-
-/// One line, terminator included, of at most `cap` bytes; `None` when the client closed
-/// the connection between lines.
-async fn read_line<C: AsyncBufRead + Unpin>(
-    conn: &mut C,
-    cap: usize,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    let cap = u64::try_from(cap).unwrap_or(u64::MAX);
-    conn.take(cap).read_until(b'\n', &mut line).await?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") {
-        return Err(broken("a line over the cap, or cut off by the client"));
-    }
-    Ok(Some(line))
-}
-
-fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-async fn reply<C: AsyncWrite + Unpin>(conn: &mut C, text: &str) -> io::Result<()> {
-    conn.write_all(format!("{text}\r\n").as_bytes()).await?;
-    conn.flush().await
-}
-
-fn broken(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
 }

@@ -15,17 +15,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::io::{AsyncWrite, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// RFC 5321 allows command lines of 512 octets; leave headroom for a sloppy client, but keep
-/// a bound so one that never sends a newline cannot grow a buffer without end.
-const MAX_COMMAND_LINE: usize = 4 * 1024;
-/// The largest message the sink keeps; a client sending more loses its connection.
-const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+// The protocol is shared with the load tests' sink (examples/smtp_sink.rs).
+#[path = "../../examples/smtp/protocol.rs"]
+mod protocol;
+
+use protocol::{
+    MAX_COMMAND_LINE, Step, Transaction, read_line, read_message, reply, step, trim_eol,
+};
 
 /// How the sink answers the end of DATA: the two ways a real server makes sending mail hard.
 #[derive(Clone, Copy, Debug, Default)]
@@ -141,21 +142,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     }
 }
 
-/// The envelope of the transaction in progress on one connection.
-#[derive(Debug, Default)]
-struct Transaction {
-    from: Option<String>,
-    to: Vec<String>,
-}
-
-/// What a command line asks of the connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    Reply(&'static str),
-    Data,
-    Quit,
-}
-
 async fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut conn = BufReader::new(stream);
     reply(&mut conn, "220 localhost Keel test SMTP sink").await?;
@@ -183,93 +169,6 @@ async fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     Ok(())
 }
 
-/// The SMTP state machine without the I/O, one command line at a time.
-fn step(line: &str, transaction: &mut Transaction) -> Step {
-    let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
-    match verb.to_ascii_uppercase().as_str() {
-        "EHLO" => {
-            *transaction = Transaction::default();
-            Step::Reply("250-localhost\r\n250 8BITMIME")
-        }
-        "HELO" => {
-            *transaction = Transaction::default();
-            Step::Reply("250 localhost")
-        }
-        "MAIL" => mail(args, transaction),
-        "RCPT" => rcpt(args, transaction),
-        "DATA" if transaction.from.is_none() || transaction.to.is_empty() => {
-            Step::Reply("503 5.5.1 need MAIL and RCPT first")
-        }
-        "DATA" => Step::Data,
-        "RSET" => {
-            *transaction = Transaction::default();
-            Step::Reply("250 2.0.0 OK")
-        }
-        "NOOP" => Step::Reply("250 2.0.0 OK"),
-        "QUIT" => Step::Quit,
-        _ => Step::Reply("502 5.5.2 command not recognized"),
-    }
-}
-
-fn mail(args: &str, transaction: &mut Transaction) -> Step {
-    if transaction.from.is_some() {
-        return Step::Reply("503 5.5.1 MAIL already given");
-    }
-    match path(args, "FROM:") {
-        Some(from) => {
-            transaction.from = Some(from);
-            Step::Reply("250 2.1.0 OK")
-        }
-        None => Step::Reply("501 5.5.4 syntax: MAIL FROM:<address>"),
-    }
-}
-
-fn rcpt(args: &str, transaction: &mut Transaction) -> Step {
-    if transaction.from.is_none() {
-        return Step::Reply("503 5.5.1 need MAIL first");
-    }
-    match path(args, "TO:").filter(|to| !to.is_empty()) {
-        Some(to) => {
-            transaction.to.push(to);
-            Step::Reply("250 2.1.5 OK")
-        }
-        None => Step::Reply("501 5.5.4 syntax: RCPT TO:<address>"),
-    }
-}
-
-/// The address in `FROM:<a@b> PARAMS` or `TO:<a@b>`. Parameters such as lettre's
-/// `BODY=8BITMIME` are ignored: the sink keeps bytes, whatever their encoding.
-fn path(args: &str, keyword: &str) -> Option<String> {
-    let head = args.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = args.get(keyword.len()..)?.trim_start().strip_prefix('<')?;
-    let (address, _parameters) = rest.split_once('>')?;
-    Some(address.to_owned())
-}
-
-/// Reads the message after 354 up to the line that is just ".", undoing the client's
-/// dot-stuffing (RFC 5321 4.5.2: the first "." of any other line starting with one is dropped).
-async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::Result<Vec<u8>> {
-    let mut message = Vec::new();
-    loop {
-        let room = MAX_MESSAGE - message.len();
-        // +3: a full message still leaves room for the ".\r\n" that ends it.
-        let line = read_line(conn, room + 3)
-            .await?
-            .ok_or_else(|| broken("the client hung up during DATA"))?;
-        if trim_eol(&line) == b"." {
-            return Ok(message);
-        }
-        let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
-        if unstuffed.len() > room {
-            return Err(broken("the message is over the size cap"));
-        }
-        message.extend_from_slice(unstuffed);
-    }
-}
-
 /// Decides the answer to the final ".", keeping the message unless the sink is failing.
 async fn deliver(shared: &Shared, transaction: Transaction, message: Vec<u8>) -> &'static str {
     let behaviour = *shared.behaviour.borrow();
@@ -286,45 +185,14 @@ async fn deliver(shared: &Shared, transaction: Transaction, message: Vec<u8>) ->
     "250 2.0.0 OK queued"
 }
 
-/// One line, terminator included, of at most `cap` bytes. `None` when the client closed the
-/// connection between lines; an error when the line is cut off or longer than `cap`.
-async fn read_line<C: AsyncBufRead + Unpin>(
-    conn: &mut C,
-    cap: usize,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    let cap = u64::try_from(cap).unwrap_or(u64::MAX);
-    conn.take(cap).read_until(b'\n', &mut line).await?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") {
-        return Err(broken("a line over the cap, or cut off by the client"));
-    }
-    Ok(Some(line))
-}
-
-/// The line without its CRLF, or without a bare LF from a client that sends those.
-fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-async fn reply<C: AsyncWrite + Unpin>(conn: &mut C, text: &str) -> io::Result<()> {
-    conn.write_all(format!("{text}\r\n").as_bytes()).await?;
-    conn.flush().await
-}
-
-fn broken(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
 #[cfg(test)]
 mod tests {
     //! The sink driven by a raw SMTP client over TCP, as lettre would drive it: lettre is not
     //! a dependency of the crate, and a hand-written client also shows the exact bytes.
 
     use std::time::Instant;
+
+    use tokio::io::AsyncWriteExt as _;
 
     use super::*;
 
