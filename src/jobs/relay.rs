@@ -36,6 +36,28 @@ use crate::db::{self, Db};
 use crate::telemetry::metrics::names;
 use crate::telemetry::propagation;
 
+/// Why a relay pass failed: the broker (reconnect) or Postgres (wait, keep the connection).
+#[derive(Debug)]
+pub enum RelayError {
+    Broker(String),
+    Postgres(sqlx::Error),
+}
+
+impl From<String> for RelayError {
+    fn from(e: String) -> Self {
+        RelayError::Broker(e)
+    }
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Broker(e) => f.write_str(e),
+            RelayError::Postgres(e) => write!(f, "postgres: {e}"),
+        }
+    }
+}
+
 /// The channel the outbox trigger notifies (migration 0007).
 pub const CHANNEL: &str = "keel_outbox";
 
@@ -109,7 +131,16 @@ impl Relay {
     async fn relay(&self, publisher: &Publisher, stop: &CancellationToken) -> Result<(), String> {
         let mut listener = listen(self.db.pool()).await;
         loop {
-            let published = self.publish_batch(publisher).await?;
+            let published = match self.publish_batch(publisher).await {
+                Ok(published) => published,
+                Err(RelayError::Broker(e)) => return Err(e),
+                // Postgres unavailable: the broker connection is fine; try again after a
+                // poll interval (readiness reports Postgres down meanwhile).
+                Err(RelayError::Postgres(e)) => {
+                    tracing::warn!(error = %e, "the outbox relay cannot read the outbox");
+                    0
+                }
+            };
             if published >= self.batch as usize {
                 continue;
             }
@@ -129,8 +160,8 @@ impl Relay {
     }
 
     /// One pass over the outbox (module doc); returns how many rows it claimed.
-    pub async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, String> {
-        let db_error = |e: sqlx::Error| format!("postgres: {e}");
+    pub async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
+        let db_error = RelayError::Postgres;
         let mut tx = self.db.begin().await.map_err(db_error)?;
         let rows = db::outbox::claim(tx.exec(), self.batch)
             .await

@@ -108,7 +108,17 @@ impl Worker {
         let lost = CancellationToken::new();
         let mut consumers = Vec::new();
         for kind in Kind::QUEUED {
-            let consumer = self.open_consumer(&publisher, kind).await?;
+            let consumer = match self.open_consumer(&publisher, kind).await {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    lost.cancel();
+                    for consumer in consumers {
+                        let _ = consumer.await;
+                    }
+                    publisher.close().await;
+                    return Err(e);
+                }
+            };
             let (worker, publisher, in_flight, lost, stop) = (
                 self.clone(),
                 publisher.clone(),
@@ -129,7 +139,13 @@ impl Worker {
                         lost.cancel();
                         return;
                     };
-                    let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                    // Every handler busy: wait for one, but not past a stop.
+                    let permit = tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = lost.cancelled() => return,
+                        permit = semaphore.clone().acquire_owned() => permit,
+                    };
+                    let Ok(permit) = permit else {
                         return;
                     };
                     let (worker, publisher, lost) = (worker.clone(), publisher.clone(), lost.clone());
