@@ -32,18 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 #[path = "smtp/protocol.rs"]
 mod protocol;
-
-use protocol::{
-    MAX_COMMAND_LINE, Step, Transaction, read_line, read_message, reply, step, trim_eol,
-};
 
 /// Connections open at once (Keel's pools hold a few each); more wait to be accepted.
 const MAX_CONNECTIONS: usize = 256;
@@ -121,7 +116,19 @@ async fn main() -> anyhow::Result<()> {
         let (log, stop) = (Arc::clone(&log), stop.clone());
         tokio::spawn(async move {
             // An error ends only this connection: a broken client just gets hung up on.
-            let _ = stop.run_until_cancelled(serve(stream, delay, &log)).await;
+            let serve = protocol::serve(
+                stream,
+                "220 localhost Keel bench SMTP sink",
+                |_, message: Vec<u8>| {
+                    let log = &log;
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        log.record(&message_id(&message))?;
+                        Ok("250 2.0.0 OK queued")
+                    }
+                },
+            );
+            let _ = stop.run_until_cancelled(serve).await;
             drop(slot);
         });
     }
@@ -139,34 +146,6 @@ async fn stop_on_signal(mut term: Signal, lifetime: Duration, stop: Cancellation
         }
     }
     stop.cancel();
-}
-
-async fn serve(stream: TcpStream, delay: Duration, log: &Log) -> io::Result<()> {
-    let mut conn = BufReader::new(stream);
-    reply(&mut conn, "220 localhost Keel bench SMTP sink").await?;
-    let mut transaction = Transaction::default();
-    while let Some(line) = read_line(&mut conn, MAX_COMMAND_LINE).await? {
-        match step(&String::from_utf8_lossy(trim_eol(&line)), &mut transaction) {
-            Step::Reply(text) => reply(&mut conn, text).await?,
-            Step::Data => {
-                reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>").await?;
-                let message = read_message(&mut conn).await?;
-                transaction = Transaction::default();
-                // A client that hangs up before the answer was never told its message was
-                // taken: nothing is logged, as a server that commits a message only with
-                // its answer would do.
-                let peer_gone = async { matches!(conn.fill_buf().await, Ok([]) | Err(_)) };
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    true = peer_gone => return Ok(()),
-                }
-                log.record(&message_id(&message))?;
-                reply(&mut conn, "250 2.0.0 OK queued").await?;
-            }
-            Step::Quit => return reply(&mut conn, "221 2.0.0 bye").await,
-        }
-    }
-    Ok(())
 }
 
 /// The message's `Message-ID` header value, or `-`: the first such header of the header

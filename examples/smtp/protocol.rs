@@ -6,14 +6,17 @@
 
 use std::io;
 
+use tokio::net::TcpStream;
+
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
+    BufReader,
 };
 
 /// RFC 5321 allows command lines of 512 octets; leave headroom, but keep a bound.
-pub(crate) const MAX_COMMAND_LINE: usize = 4 * 1024;
+const MAX_COMMAND_LINE: usize = 4 * 1024;
 /// The largest message accepted; a client sending more loses its connection.
-pub(crate) const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+const MAX_MESSAGE: usize = 10 * 1024 * 1024;
 /// The envelope of the transaction in progress on one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Transaction {
@@ -23,14 +26,50 @@ pub(crate) struct Transaction {
 
 /// What a command line asks of the connection.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Step {
+enum Step {
     Reply(&'static str),
     Data,
     Quit,
 }
 
+/// Serves one connection: the SMTP conversation, with `deliver` deciding the answer to the
+/// end of each message's `DATA` (and doing whatever the sink does with the message). A
+/// client that hangs up before that answer was never told its message was taken: `deliver`
+/// is dropped unfinished, as a server that commits a message only with its answer would —
+/// a worker killed mid-send leaves nothing behind in the sink.
+pub(crate) async fn serve<F>(
+    stream: TcpStream,
+    greeting: &str,
+    mut deliver: impl FnMut(Transaction, Vec<u8>) -> F,
+) -> io::Result<()>
+where
+    F: Future<Output = io::Result<&'static str>>,
+{
+    let mut conn = BufReader::new(stream);
+    reply(&mut conn, greeting).await?;
+    let mut transaction = Transaction::default();
+    while let Some(line) = read_line(&mut conn, MAX_COMMAND_LINE).await? {
+        match step(&String::from_utf8_lossy(trim_eol(&line)), &mut transaction) {
+            Step::Reply(text) => reply(&mut conn, text).await?,
+            Step::Data => {
+                reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>").await?;
+                let message = read_message(&mut conn).await?;
+                let answer = deliver(std::mem::take(&mut transaction), message);
+                let peer_gone = async { matches!(conn.fill_buf().await, Ok([]) | Err(_)) };
+                let answer = tokio::select! {
+                    answer = answer => answer?,
+                    true = peer_gone => return Ok(()),
+                };
+                reply(&mut conn, answer).await?;
+            }
+            Step::Quit => return reply(&mut conn, "221 2.0.0 bye").await,
+        }
+    }
+    Ok(())
+}
+
 /// The SMTP state machine without the I/O, one command line at a time.
-pub(crate) fn step(line: &str, transaction: &mut Transaction) -> Step {
+fn step(line: &str, transaction: &mut Transaction) -> Step {
     let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" => {
@@ -73,7 +112,7 @@ pub(crate) fn step(line: &str, transaction: &mut Transaction) -> Step {
 
 /// The address in `FROM:<a@b> PARAMS` or `TO:<a@b>`; parameters (lettre's `BODY=8BITMIME`)
 /// are ignored.
-pub(crate) fn path(args: &str, keyword: &str) -> Option<String> {
+fn path(args: &str, keyword: &str) -> Option<String> {
     let head = args.get(..keyword.len())?;
     if !head.eq_ignore_ascii_case(keyword) {
         return None;
@@ -85,7 +124,7 @@ pub(crate) fn path(args: &str, keyword: &str) -> Option<String> {
 
 /// Reads the message after 354 up to the line that is just ".", undoing the client's
 /// dot-stuffing (RFC 5321 4.5.2).
-pub(crate) async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::Result<Vec<u8>> {
+async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::Result<Vec<u8>> {
     let mut message = Vec::new();
     loop {
         let room = MAX_MESSAGE - message.len();
@@ -106,7 +145,7 @@ pub(crate) async fn read_message<C: AsyncBufRead + Unpin>(conn: &mut C) -> io::R
 
 /// One line, terminator included, of at most `cap` bytes; `None` when the client closed
 /// the connection between lines.
-pub(crate) async fn read_line<C: AsyncBufRead + Unpin>(
+async fn read_line<C: AsyncBufRead + Unpin>(
     conn: &mut C,
     cap: usize,
 ) -> io::Result<Option<Vec<u8>>> {
@@ -122,16 +161,16 @@ pub(crate) async fn read_line<C: AsyncBufRead + Unpin>(
     Ok(Some(line))
 }
 
-pub(crate) fn trim_eol(line: &[u8]) -> &[u8] {
+fn trim_eol(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-pub(crate) async fn reply<C: AsyncWrite + Unpin>(conn: &mut C, text: &str) -> io::Result<()> {
+async fn reply<C: AsyncWrite + Unpin>(conn: &mut C, text: &str) -> io::Result<()> {
     conn.write_all(format!("{text}\r\n").as_bytes()).await?;
     conn.flush().await
 }
 
-pub(crate) fn broken(why: &'static str) -> io::Error {
+fn broken(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }

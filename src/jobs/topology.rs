@@ -149,6 +149,19 @@ impl Topology {
     }
 }
 
+/// The messages ready in `queue`, from a passive declare (which creates nothing). For a
+/// queue that does not exist the broker answers with an error and closes the channel.
+pub async fn ready(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
+}
+
 fn limit(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }

@@ -379,20 +379,8 @@ async fn record_depths(publisher: Arc<Publisher>, topology: Topology, lost: Canc
     };
     loop {
         for queue in topology.queues() {
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(q) => {
-                    gauge!(names::QUEUE_DEPTH, "queue" => queue).set(f64::from(q.message_count()))
-                }
+            match super::topology::ready(&channel, &queue).await {
+                Ok(ready) => gauge!(names::QUEUE_DEPTH, "queue" => queue).set(f64::from(ready)),
                 // A passive declare of a missing queue closes the channel: stop until the
                 // next connection declares the topology again.
                 Err(_) => return,

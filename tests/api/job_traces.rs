@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::server::Role;
-use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -25,22 +25,8 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::helpers::{TestDb, eventually, spawn_role};
+use crate::observability::descends_from;
 use crate::smtp_sink::{Behaviour, SmtpSink};
-
-/// Walks parents up from `span` to see whether `ancestor` is one of them.
-fn descends_from(spans: &[SpanData], span: &SpanData, ancestor: SpanId) -> bool {
-    let mut parent = span.parent_span_id;
-    for _ in 0..32 {
-        if parent == ancestor {
-            return true;
-        }
-        match spans.iter().find(|s| s.span_context.span_id() == parent) {
-            Some(next) => parent = next.parent_span_id,
-            None => return false,
-        }
-    }
-    false
-}
 
 /// The one finished span called `name` in `spans`; fails with every name seen otherwise.
 fn only<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {

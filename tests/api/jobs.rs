@@ -117,22 +117,10 @@ async fn queue_depth(app: &TestApp, kind: Kind) -> u32 {
     .await
     .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            keel::jobs::relay::topology(&app.state.config)
-                .queue(kind)
-                .as_str()
-                .into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let queue = keel::jobs::relay::topology(&app.state.config).queue(kind);
+    let ready = keel::jobs::topology::ready(&channel, &queue).await.unwrap();
     connection.close(200, "bye".into()).await.ok();
-    queue.message_count()
+    ready
 }
 
 #[tokio::test]

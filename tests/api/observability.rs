@@ -179,10 +179,11 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
-/// Walks parents up from `span` to see whether `ancestor` is one of them.
-fn descends_from(spans: &[SpanData], span: &SpanData, ancestor: SpanId) -> bool {
+/// Walks parents up from `span` to see whether `ancestor` is one of them. A chain longer
+/// than `spans` would be a cycle.
+pub(crate) fn descends_from(spans: &[SpanData], span: &SpanData, ancestor: SpanId) -> bool {
     let mut parent = span.parent_span_id;
-    for _ in 0..16 {
+    for _ in 0..=spans.len() {
         if parent == ancestor {
             return true;
         }

@@ -10,7 +10,6 @@
 //!
 //! Each sink is its own server, so tests running in parallel never see each other's mail.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +23,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 #[path = "../../examples/smtp/protocol.rs"]
 mod protocol;
 
-use protocol::{
-    MAX_COMMAND_LINE, Step, Transaction, read_line, read_message, reply, step, trim_eol,
-};
+use protocol::Transaction;
 
 /// How the sink answers the end of DATA: the two ways a real server makes sending mail hard.
 #[derive(Clone, Copy, Debug, Default)]
@@ -137,36 +134,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         let stop = stop.clone();
         tokio::spawn(async move {
             // An error ends only this connection: a broken client just gets hung up on.
-            let _ = stop.run_until_cancelled(serve(stream, &shared)).await;
+            let serve = protocol::serve(
+                stream,
+                "220 localhost Keel test SMTP sink",
+                |transaction, message| {
+                    let shared = &shared;
+                    async move { Ok(deliver(shared, transaction, message).await) }
+                },
+            );
+            let _ = stop.run_until_cancelled(serve).await;
         });
     }
-}
-
-async fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    let mut conn = BufReader::new(stream);
-    reply(&mut conn, "220 localhost Keel test SMTP sink").await?;
-    let mut transaction = Transaction::default();
-    while let Some(line) = read_line(&mut conn, MAX_COMMAND_LINE).await? {
-        match step(&String::from_utf8_lossy(trim_eol(&line)), &mut transaction) {
-            Step::Reply(text) => reply(&mut conn, text).await?,
-            Step::Data => {
-                reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>").await?;
-                let message = read_message(&mut conn).await?;
-                let deliver = deliver(shared, std::mem::take(&mut transaction), message);
-                // A client that dies before the answer (a worker killed mid-send) was never
-                // told its message was taken: the sink keeps nothing, as a server that
-                // commits a message only with its answer would.
-                let peer_gone = async { matches!(conn.fill_buf().await, Ok([]) | Err(_)) };
-                let answer = tokio::select! {
-                    answer = deliver => answer,
-                    true = peer_gone => return Ok(()),
-                };
-                reply(&mut conn, answer).await?;
-            }
-            Step::Quit => return reply(&mut conn, "221 2.0.0 bye").await,
-        }
-    }
-    Ok(())
 }
 
 /// Decides the answer to the final ".", keeping the message unless the sink is failing.

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::jobs::{Kind, Topology};
+use keel::jobs::Kind;
 use keel::server::Role;
 use serde_json::{Value, json};
 use sqlx::ConnectOptions as _;
@@ -319,11 +319,7 @@ async fn email_backlog(app: &TestApp) -> u64 {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    let topology = Topology::new(
-        &app.test_db.amqp_prefix(),
-        &app.state.config.jobs.retry_delays,
-        app.state.config.jobs.delivery_limit,
-    );
+    let topology = keel::jobs::relay::topology(&app.state.config);
     let connection = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
         .unwrap();
@@ -334,18 +330,8 @@ async fn email_backlog(app: &TestApp) -> u64 {
             .map(|index| topology.retry_queue(Kind::TaskAssigned, index)),
     );
     for queue in queues {
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        ready += u64::from(declared.message_count());
+        let count = keel::jobs::topology::ready(&channel, &queue).await.unwrap();
+        ready += u64::from(count);
     }
     connection.close(200, "counted".into()).await.ok();
     u64::try_from(unpublished).unwrap() + ready
