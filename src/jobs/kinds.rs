@@ -154,7 +154,7 @@ impl Runner {
                 ))
             };
         }
-        if let Err(e) = self.mailer.send_assignment(id, &mail).await {
+        if let Err(e) = self.mailer.send_assignment(id, &message_id, &mail).await {
             db::jobs::release(&self.db, id).await?;
             return Err(e.into());
         }

@@ -60,19 +60,19 @@ impl Mailer {
         format!("<{job_id}@keel>")
     }
 
-    /// Sends job `job_id`'s assignment email; returns its `Message-ID`, which is derived
-    /// from the job so that a resend carries the same one.
+    /// Sends job `job_id`'s assignment email under `message_id` ([`Mailer::message_id`],
+    /// derived from the job so that a resend carries the same one).
     pub async fn send_assignment(
         &self,
         job_id: Uuid,
+        message_id: &str,
         mail: &AssignmentMail,
-    ) -> Result<String, MailError> {
-        let message_id = Self::message_id(job_id);
+    ) -> Result<(), MailError> {
         let (from, transport) = match &*self.0 {
             Transport::Smtp { from, .. } => (from, "smtp"),
             Transport::Mailbox { from, .. } => (from, "mailbox"),
         };
-        let message = assignment(from, &message_id, mail)?;
+        let message = assignment(from, message_id, mail)?;
         let span = tracing::info_span!(
             "send email",
             otel.kind = "client",
@@ -83,7 +83,7 @@ impl Mailer {
         if sent.is_err() {
             span.record("otel.status_code", "ERROR");
         }
-        sent.map(|()| message_id)
+        sent
     }
 
     async fn deliver(&self, job_id: Uuid, message: Message) -> Result<(), MailError> {
@@ -208,7 +208,10 @@ mod tests {
         let mailer = Mailer::new(&config).unwrap();
         let job = Uuid::now_v7();
         for _ in 0..2 {
-            mailer.send_assignment(job, &mail()).await.unwrap();
+            mailer
+                .send_assignment(job, &Mailer::message_id(job), &mail())
+                .await
+                .unwrap();
         }
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(files.len(), 1);

@@ -172,6 +172,7 @@ impl Relay {
         let mut done = Vec::with_capacity(rows.len());
         let mut failed: Vec<(Uuid, String)> = Vec::new();
         let mut pending = Vec::new();
+        let exchange = self.topology.exchange();
         for row in &rows {
             if row.kind == Kind::CacheInvalidate.name() {
                 match self.repeat_invalidation(row).await {
@@ -183,7 +184,7 @@ impl Relay {
             let span = publish_span(row);
             let confirm = publisher
                 .send(
-                    &self.topology.exchange(),
+                    &exchange,
                     &row.kind,
                     Outgoing {
                         id: row.id,

@@ -297,7 +297,7 @@ impl Worker {
             Err(error) => {
                 span.record("otel.status_code", "ERROR");
                 tracing::warn!(parent: &span, %error, kind = kind.name(), attempt, "job failed");
-                self.after_failure(publisher, kind, delivery, attempt, &error)
+                self.after_failure(publisher, kind, id, delivery, attempt, &error)
                     .instrument(span.clone())
                     .await?
             }
@@ -321,6 +321,7 @@ impl Worker {
         &self,
         publisher: &Publisher,
         kind: Kind,
+        id: Option<Uuid>,
         delivery: &Delivery,
         attempt: u32,
         error: &JobError,
@@ -337,12 +338,8 @@ impl Worker {
             publisher::LAST_ERROR.into(),
             publisher::text(&error.to_string()),
         );
-        let id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| id.as_str().parse::<Uuid>().ok())
-            .unwrap_or_else(Uuid::now_v7);
+        // A message without a job id is parked under a new one, so that it can be named.
+        let id = id.unwrap_or_else(Uuid::now_v7);
         let message = Outgoing {
             id,
             kind: kind.name(),
