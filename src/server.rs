@@ -32,7 +32,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::background::Background;
 use crate::config::{Config, HttpConfig};
-use crate::http::problem;
+use crate::http::{TrustedProxies, client_ip, problem};
 use crate::jobs::{Relay, Worker};
 use crate::middleware::{errors, metrics, request_id, trace};
 use crate::state::AppState;
@@ -148,7 +148,10 @@ impl Application {
             async move {
                 match public {
                     Some(public) => {
-                        axum::serve(public, public_router(state))
+                        // The peer's address feeds `http::client_ip`.
+                        let service = public_router(state)
+                            .into_make_service_with_connect_info::<SocketAddr>();
+                        axum::serve(public, service)
                             .with_graceful_shutdown(stop.cancelled_owned())
                             .await
                     }
@@ -264,7 +267,8 @@ enum Listener {
 ///
 /// 1. mark `Authorization`, `Cookie` and friends sensitive, so no layer below logs them;
 /// 2. drop an incoming `x-request-id` that is not sane, then set one (keeping a sane
-///    incoming one), and return it on the response;
+///    incoming one), and return it on the response; find the client's address (the
+///    peer, or behind `KEEL_TRUSTED_PROXIES` the forwarded one);
 /// 3. open the request's span: method, route template, request id, and the caller's
 ///    trace context; return `traceparent`;
 /// 4. record the RED metrics (public listener only: the SLOs are about the API, not about
@@ -294,6 +298,10 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
                 request_id::MakeRequestUuidV7,
             ))
             .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+            .layer(axum::middleware::from_fn_with_state(
+                TrustedProxies::new(config.trusted_proxies.clone()),
+                client_ip::resolve,
+            ))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(trace::make_span)

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::vars::{ConfigError, Vars, error};
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,10 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// `KEEL_READINESS_TIMEOUT`: how long `/readyz` waits for each dependency.
     pub readiness_timeout: Duration,
+    /// `KEEL_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks of the proxies in
+    /// front of Keel; only a peer among them has its `X-Forwarded-For` read (see
+    /// `http::client_ip`). Empty (the default): the socket's peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl HttpConfig {
@@ -55,6 +61,7 @@ impl HttpConfig {
                 Duration::from_millis(10),
                 Duration::from_secs(30),
             )?,
+            trusted_proxies: networks(vars, "KEEL_TRUSTED_PROXIES")?,
         };
         // Port 0 (tests) asks the OS for two different ephemeral ports, so it may repeat.
         if http.addr == http.admin_addr && http.addr.port() != 0 {
@@ -68,6 +75,27 @@ impl HttpConfig {
         }
         Ok(http)
     }
+}
+
+/// A comma-separated list of networks; a bare address is a network of one.
+fn networks(vars: &Vars<'_>, var: &'static str) -> Result<Vec<IpNet>, ConfigError> {
+    let Some(raw) = vars.get(var) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    error(
+                        var,
+                        format!("{item:?} is not an address or a CIDR network (10.0.0.0/8)"),
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -89,6 +117,22 @@ mod tests {
         assert_eq!(http.shutdown_delay, Duration::ZERO);
         assert_eq!(http.shutdown_timeout, Duration::from_secs(20));
         assert_eq!(http.readiness_timeout, Duration::from_secs(1));
+        assert!(http.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let http = with_vars(
+            &[("KEEL_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")],
+            HttpConfig::read,
+        )
+        .unwrap();
+        let nets: Vec<String> = http.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        assert_eq!(
+            var_of(&[("KEEL_TRUSTED_PROXIES", "10.0.0.0/33")]),
+            "KEEL_TRUSTED_PROXIES"
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ use std::collections::HashMap;
 mod auth;
 mod database;
 mod flags;
+mod guardrails;
 mod http;
 mod jobs;
 mod log;
@@ -58,6 +59,7 @@ mod vars;
 pub use auth::{AuthConfig, DEV_ADMIN_TOKEN, DEV_JWT_SECRET, JwtConfig};
 pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
+pub use guardrails::{Criticality, CriticalityOverride, GuardrailsConfig, RouteClass};
 pub use http::HttpConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
@@ -80,6 +82,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
+    pub guardrails: GuardrailsConfig,
 }
 
 impl Config {
@@ -104,6 +107,7 @@ impl Config {
         let database = DatabaseConfig::read(&vars)?;
         let redis = RedisConfig::read(&vars)?;
         let jobs = JobsConfig::read(&vars)?;
+        let guardrails = GuardrailsConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
@@ -114,6 +118,7 @@ impl Config {
             http,
             auth,
             flags,
+            guardrails,
         })
     }
 

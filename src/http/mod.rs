@@ -5,11 +5,14 @@
 //! It imports no handler and no state, so `api`, `admin` and `middleware` can all depend
 //! on it without depending on each other.
 
+pub mod client_ip;
 pub mod conditional;
 pub mod error;
 pub mod extract;
 pub mod problem;
+pub mod route_class;
 
+pub use client_ip::TrustedProxies;
 pub use conditional::conditional_json;
 pub use error::{ApiError, AsDatabaseError, ResultExt};
 pub use extract::{AppJson, AppPath, AppQuery};

@@ -4,6 +4,8 @@
 //! something that is not there, and the dependency should get room to come back.
 //!
 //! - [`Breaker`]: a circuit breaker, one per dependency, shared by every caller of it.
+//! - [`Deadline`]: the request's deadline, which every dependency call cuts its timeout to
+//!   ([`deadline::budget`]).
 //!
 //! The module imports only the metric names from the crate: the caller names the
 //! breaker, passes its settings (from its own config section) and decides what counts as a
@@ -12,5 +14,7 @@
 //! when they land.
 
 mod breaker;
+pub mod deadline;
 
 pub use breaker::{Breaker, BreakerSettings, BreakerState, Permit};
+pub use deadline::Deadline;
