@@ -36,23 +36,32 @@ use crate::db;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
-/// flags (`rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`) arrive with their
-/// fixes. All default to on.
+/// flags arrive with their fixes. All default to on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     BatchLoading,
     Cache,
     AsyncJobs,
+    Timeouts,
+    LoadShedding,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 3] = [Flag::BatchLoading, Flag::Cache, Flag::AsyncJobs];
+    pub const ALL: [Flag; 5] = [
+        Flag::BatchLoading,
+        Flag::Cache,
+        Flag::AsyncJobs,
+        Flag::Timeouts,
+        Flag::LoadShedding,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Flag::BatchLoading => "batch_loading",
             Flag::Cache => "cache",
             Flag::AsyncJobs => "async_jobs",
+            Flag::Timeouts => "timeouts",
+            Flag::LoadShedding => "load_shedding",
         }
     }
 
@@ -66,6 +75,8 @@ impl Flag {
             Flag::AsyncJobs => {
                 "the assignment email is sent over SMTP inside the request, and stats are recomputed inline"
             }
+            Flag::Timeouts => "no request deadline and no statement timeout",
+            Flag::LoadShedding => "no concurrency limit: overload queues up without bound",
         }
     }
 
@@ -122,6 +133,13 @@ impl Flags {
                 updated_at: updated_at[flag.index()],
             })
             .collect()
+    }
+
+    /// Sets one flag in this instance's snapshot only, until the next refresh: for tests
+    /// that drive a layer without a store. Operators switch flags in the store (the admin
+    /// API), which every instance follows.
+    pub fn set(&self, flag: Flag, enabled: bool) {
+        self.0.enabled[flag.index()].store(enabled, Ordering::Relaxed);
     }
 
     /// Applies rows read from the store; rows of flags this build does not know (an older

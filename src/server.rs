@@ -31,9 +31,12 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::background::Background;
-use crate::config::{Config, HttpConfig};
+use crate::config::{Config, GuardrailsConfig, HttpConfig};
+use crate::flags::Flags;
 use crate::http::{TrustedProxies, client_ip, problem};
 use crate::jobs::{Relay, Worker};
+use crate::middleware::deadline::{self, Deadlines};
+use crate::middleware::shed::{self, Shedder};
 use crate::middleware::{errors, metrics, request_id, trace};
 use crate::state::AppState;
 use crate::{admin, api, db, flags, telemetry};
@@ -244,7 +247,13 @@ fn public_router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .with_state(state.clone());
     let metrics = state.metrics.is_some();
-    stack(app, &state.config.http, Listener::Public, metrics)
+    let guardrails = Guardrails::new(&state.flags, &state.config.guardrails);
+    stack(
+        app,
+        &state.config.http,
+        Listener::Public(guardrails),
+        metrics,
+    )
 }
 
 /// The admin listener's service: probes, metrics and the fix flags (see `crate::admin`).
@@ -255,11 +264,30 @@ fn admin_router(state: AppState) -> Router {
     stack(app, &state.config.http, Listener::Admin, false)
 }
 
-/// Which listener a stack is for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Which listener a stack is for: the admin listener gets no guardrails (its probes and
+/// scrapes must answer during an overload: that is when they are needed).
+#[derive(Clone)]
 enum Listener {
-    Public,
+    Public(Guardrails),
     Admin,
+}
+
+/// The public listener's guardrails, each behind its fix flag; built once, so that every
+/// route shares one limit (`Router::layer` clones the layers per route; these clone an
+/// `Arc`).
+#[derive(Clone)]
+struct Guardrails {
+    deadlines: Deadlines,
+    shedder: Shedder,
+}
+
+impl Guardrails {
+    fn new(flags: &Flags, config: &GuardrailsConfig) -> Self {
+        Self {
+            deadlines: Deadlines::new(flags.clone(), config),
+            shedder: Shedder::new(flags.clone(), config),
+        }
+    }
 }
 
 /// The middleware around both listeners, in one stack that reads top to bottom
@@ -273,21 +301,34 @@ enum Listener {
 ///    trace context; return `traceparent`;
 /// 4. record the RED metrics (public listener only: the SLOs are about the API, not about
 ///    probes and scrapes) — outside panic catching and every guardrail, so that a panic's
-///    500 and a shed request's 503 count against the SLOs like any other response;
+///    500, a shed request's 503 and a rate-limited 429 count like any other response (a
+///    metrics layer inside panic catching would never see the panic's response);
 /// 5. compress responses of `KEEL_COMPRESSION_MIN_BYTES` and more;
 /// 6. turn a panic into a 500 problem+json;
 /// 7. log the cause of every 5xx and give every bare error response (router fallbacks,
 ///    405s, 413s from the body limit) a problem+json body;
-/// 8. cap request bodies at `KEEL_MAX_BODY_BYTES` (413).
 ///
-/// The guardrails (rate limit, deadline, load shedding) go between 7 and 8, each behind
-/// its fix flag, as they land.
+/// Then the guardrails, public listener only, cheapest refusal first:
+///
+/// 8. the deadline (`timeouts`): the request's class sets it, and everything below —
+///    the handler, its statements, its calls to Redis — runs inside it;
+/// 9. load shedding (`load_shedding`): admitted under the adaptive concurrency limit, or
+///    refused at once; before the rate limit, so a refusal costs no Redis call;
+///
+/// and last, body reading capped at `KEEL_MAX_BODY_BYTES` (413; innermost because it
+/// changes the body's type, which axum's middleware functions above do not take), then
+/// authentication (the handlers' extractor) and the handler.
 fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool) -> Router {
     let sensitive = [
         header::AUTHORIZATION,
         header::COOKIE,
         header::PROXY_AUTHORIZATION,
     ];
+    let public = matches!(listener, Listener::Public(_));
+    let guardrails = match listener {
+        Listener::Public(guardrails) => Some(guardrails),
+        Listener::Admin => None,
+    };
     router.layer(
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new(sensitive.clone()))
@@ -311,7 +352,7 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
             )
             .layer(axum::middleware::from_fn(trace::return_traceparent))
             .layer(axum::middleware::from_fn_with_state(
-                listener == Listener::Public && metrics,
+                public && metrics,
                 metrics::record,
             ))
             .layer(
@@ -325,6 +366,14 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
             )
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))
+            .layer(axum::middleware::from_fn_with_state(
+                guardrails.as_ref().map(|g| g.deadlines.clone()),
+                deadline::enforce,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                guardrails.map(|g| g.shedder),
+                shed::admit,
+            ))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )
 }
@@ -352,10 +401,9 @@ mod tests {
 
     use super::*;
 
-    fn http_config() -> HttpConfig {
+    fn config() -> Config {
         crate::config::Config::from_map(&Default::default(), crate::config::Environment::Dev)
             .expect("defaults are valid")
-            .http
     }
 
     #[tokio::test]
@@ -369,7 +417,9 @@ mod tests {
                 ""
             }),
         );
-        let app = stack(app, &http_config(), Listener::Public, true);
+        let config = config();
+        let guardrails = Guardrails::new(&Flags::default(), &config.guardrails);
+        let app = stack(app, &config.http, Listener::Public(guardrails), true);
 
         let response = app
             .oneshot(Request::get("/boom/42").body(Body::empty()).unwrap())

@@ -98,8 +98,35 @@ pub struct GuardrailsConfig {
     /// `KEEL_CRITICALITY`: comma-separated `METHOD /route=critical|sheddable` entries
     /// that override the default (lists are sheddable; reads, writes and auth critical).
     pub criticality: Vec<CriticalityOverride>,
+    pub shedding: SheddingConfig,
 }
 
+/// The load shedder's adaptive concurrency limit (Gradient2; `resilience::limit` explains
+/// each parameter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SheddingConfig {
+    /// `KEEL_SHED_INITIAL_LIMIT`: the limit at start-up, before any latency is known.
+    pub initial_limit: usize,
+    /// `KEEL_SHED_MIN_LIMIT`, `KEEL_SHED_MAX_LIMIT`: the bounds of the limit.
+    pub min_limit: usize,
+    pub max_limit: usize,
+    /// `KEEL_SHED_TOLERANCE`: how much slower than usual requests may get before the
+    /// limit shrinks.
+    pub tolerance: f64,
+    /// `KEEL_SHED_SMOOTHING`: how far one window moves the limit towards its target.
+    pub smoothing: f64,
+    /// `KEEL_SHED_QUEUE`: headroom added to the limit each window.
+    pub queue: usize,
+    /// `KEEL_SHED_LONG_WINDOW`: windows remembered by the long-running latency average.
+    pub long_window: usize,
+    /// `KEEL_SHED_WINDOW`, `KEEL_SHED_WINDOW_SAMPLES`: a window lasts at least this long
+    /// and holds at least this many requests.
+    pub window: Duration,
+    pub window_samples: usize,
+    /// `KEEL_SHED_SHEDDABLE_SHARE`: the share of the limit sheddable requests may fill;
+    /// past it they are refused while critical ones are still admitted.
+    pub sheddable_share: f64,
+}
 impl GuardrailsConfig {
     /// The deadline of a class of routes.
     pub fn deadline(&self, class: RouteClass) -> Duration {
@@ -126,6 +153,46 @@ impl GuardrailsConfig {
                 deadline("KEEL_DEADLINE_WRITE", 5000)?,
             ],
             criticality: overrides(vars, "KEEL_CRITICALITY")?,
+            shedding: SheddingConfig::read(vars)?,
+        })
+    }
+}
+
+impl SheddingConfig {
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let min_limit = vars.range("KEEL_SHED_MIN_LIMIT", 8, 1, 100_000)?;
+        let max_limit = vars.range("KEEL_SHED_MAX_LIMIT", 512, 1, 100_000)?;
+        if min_limit > max_limit {
+            return Err(error(
+                "KEEL_SHED_MIN_LIMIT",
+                format!("{min_limit} is above KEEL_SHED_MAX_LIMIT ({max_limit})"),
+            ));
+        }
+        let initial_limit = vars.range("KEEL_SHED_INITIAL_LIMIT", 32, 1, 100_000)?;
+        if !(min_limit..=max_limit).contains(&initial_limit) {
+            return Err(error(
+                "KEEL_SHED_INITIAL_LIMIT",
+                format!(
+                    "{initial_limit} is outside {min_limit}..={max_limit} (KEEL_SHED_MIN_LIMIT..=KEEL_SHED_MAX_LIMIT)"
+                ),
+            ));
+        }
+        Ok(Self {
+            initial_limit,
+            min_limit,
+            max_limit,
+            tolerance: vars.range("KEEL_SHED_TOLERANCE", 1.5, 1.0, 10.0)?,
+            smoothing: vars.range("KEEL_SHED_SMOOTHING", 0.2, 0.01, 1.0)?,
+            queue: vars.range("KEEL_SHED_QUEUE", 2, 0, 1000)?,
+            long_window: vars.range("KEEL_SHED_LONG_WINDOW", 6000, 1, 1_000_000)?,
+            window: vars.duration_range(
+                "KEEL_SHED_WINDOW",
+                Duration::from_millis(100),
+                Duration::from_millis(1),
+                Duration::from_secs(10),
+            )?,
+            window_samples: vars.range("KEEL_SHED_WINDOW_SAMPLES", 10, 1, 100_000)?,
+            sheddable_share: vars.range("KEEL_SHED_SHEDDABLE_SHARE", 0.75, 0.05, 1.0)?,
         })
     }
 }
@@ -176,6 +243,28 @@ mod tests {
             assert!(g.deadline(class) >= Duration::from_secs(1), "{class}");
         }
         assert!(g.criticality.is_empty());
+        assert_eq!(g.shedding.initial_limit, 32);
+    }
+
+    #[test]
+    fn shedding_limits_must_nest() {
+        for (pairs, var) in [
+            (
+                &[("KEEL_SHED_MIN_LIMIT", "10"), ("KEEL_SHED_MAX_LIMIT", "5")][..],
+                "KEEL_SHED_MIN_LIMIT",
+            ),
+            (
+                &[("KEEL_SHED_INITIAL_LIMIT", "1000")][..],
+                "KEEL_SHED_INITIAL_LIMIT",
+            ),
+            (
+                &[("KEEL_SHED_SHEDDABLE_SHARE", "0")][..],
+                "KEEL_SHED_SHEDDABLE_SHARE",
+            ),
+            (&[("KEEL_SHED_TOLERANCE", "0.5")][..], "KEEL_SHED_TOLERANCE"),
+        ] {
+            assert_eq!(refused_var(pairs, GuardrailsConfig::read), var);
+        }
     }
 
     #[test]

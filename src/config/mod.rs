@@ -59,7 +59,9 @@ mod vars;
 pub use auth::{AuthConfig, DEV_ADMIN_TOKEN, DEV_JWT_SECRET, JwtConfig};
 pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
-pub use guardrails::{Criticality, CriticalityOverride, GuardrailsConfig, RouteClass};
+pub use guardrails::{
+    Criticality, CriticalityOverride, GuardrailsConfig, RouteClass, SheddingConfig,
+};
 pub use http::HttpConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};

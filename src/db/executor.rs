@@ -17,6 +17,22 @@
 //! A new repository function is traced and measured without a line of instrumentation —
 //! which is why repository functions carry no `#[tracing::instrument]` of their own.
 //!
+//! # Deadlines
+//!
+//! Inside a request with a deadline (`resilience::deadline`), every checkout here is cut
+//! to what is left of it, twice over:
+//!
+//! * the wait for a pooled connection ends with the deadline (`PoolTimedOut`, a 503),
+//!   not after `KEEL_DB_ACQUIRE_TIMEOUT`;
+//! * the connection's `statement_timeout` is set to the time left, so that Postgres
+//!   itself cancels a statement that would outlive the request. Dropping the statement's
+//!   future is not enough: sqlx then waits on the server's answer before it reuses the
+//!   connection, and the statement runs to its end — work for a request already answered.
+//!   A transaction sets it with `SET LOCAL` in the same round trip as its `BEGIN`; a
+//!   single statement costs one `SET` round trip before it. Outside a request (the relay,
+//!   the worker, the flag refresher) there is no statement timeout, and a connection a
+//!   request had cut is reset before such work uses it.
+//!
 //! The statement's rows are collected before they are returned: every query here is
 //! bounded by a page limit, and collecting lets one async block own the pooled
 //! connection for exactly as long as the statement runs.
@@ -36,6 +52,7 @@ use sqlx::postgres::{
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
+use crate::resilience::deadline;
 use crate::telemetry;
 use crate::telemetry::metrics::{DB_PENDING, names};
 
@@ -55,10 +72,13 @@ impl Db {
         &self.pool
     }
 
-    /// Begins a transaction; its statements go through [`Tx::exec`].
+    /// Begins a transaction; its statements go through [`Tx::exec`]. Inside a request, the
+    /// transaction's statements are cut to its deadline (see the module docs).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let timeout = StatementTimeout::now()?;
+        let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", timeout.millis());
         let waiting = Waiting::start();
-        let tx = self.pool.begin().await;
+        let tx = within_deadline(self.pool.begin_with(sqlx::AssertSqlSafe(begin))).await;
         waiting.done();
         Ok(Tx(tx?))
     }
@@ -206,10 +226,75 @@ async fn on_pool(
     statement: Statement,
     optional: bool,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
+    let timeout = StatementTimeout::now()?;
     let waiting = Waiting::start();
-    let mut conn = pool.acquire().await?;
+    let mut conn = within_deadline(pool.acquire()).await?;
     waiting.done();
+    timeout.apply(&mut conn).await?;
     run(&mut conn, statement, optional).await
+}
+
+/// The `statement_timeout` a checkout runs under: what is left of the request's deadline,
+/// or none outside a request.
+#[derive(Debug, Clone, Copy)]
+enum StatementTimeout {
+    /// In a request: milliseconds left, at least 1.
+    Request(u64),
+    None,
+}
+
+/// Whether any checkout has carried a request's timeout. Until one has, no pooled
+/// connection can hold one, and work outside requests skips the reset (a worker process
+/// never pays for it).
+static CUT_BY_A_REQUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl StatementTimeout {
+    /// Refuses a checkout for a request whose deadline has passed: its answer is already
+    /// a 503.
+    fn now() -> Result<Self, sqlx::Error> {
+        match deadline::remaining() {
+            None => Ok(Self::None),
+            Some(left) if left.is_zero() => Err(sqlx::Error::PoolTimedOut),
+            Some(left) => {
+                let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                Ok(Self::Request(millis.max(1)))
+            }
+        }
+    }
+
+    /// Postgres's value: milliseconds, 0 for none.
+    fn millis(self) -> u64 {
+        match self {
+            Self::Request(millis) => millis,
+            Self::None => 0,
+        }
+    }
+
+    /// Sets the connection's session `statement_timeout` for a single statement.
+    async fn apply(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Request(_) => CUT_BY_A_REQUEST.store(true, Ordering::Relaxed),
+            Self::None if !CUT_BY_A_REQUEST.load(Ordering::Relaxed) => return Ok(()),
+            Self::None => {}
+        }
+        let set = format!("SET statement_timeout = {}", self.millis());
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(set)))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Waits for a pooled connection no longer than the request's deadline (the pool's own
+/// `KEEL_DB_ACQUIRE_TIMEOUT` bounds it otherwise).
+async fn within_deadline<T>(
+    acquire: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match deadline::remaining() {
+        None => acquire.await,
+        Some(left) => tokio::time::timeout(left, acquire)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut)),
+    }
 }
 
 async fn run(

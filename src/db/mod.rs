@@ -157,6 +157,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether Postgres cancelled the statement on its `statement_timeout` (57014), which
+/// Keel sets only to cut a request's statements to its deadline (`db::executor`).
+pub fn is_deadline_cancel(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
+}
+
 /// A connection LISTENing on `channel`: how the flag refresher and the outbox relay hear
 /// of a change at once (NOTIFY is delivered on commit), with polling as their fallback.
 pub async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {

@@ -52,6 +52,11 @@ pub enum ApiError {
         retry_after_secs: u32,
         cause: Option<anyhow::Error>,
     },
+    /// 503: the request's deadline passed while Postgres ran its statement, and Postgres
+    /// cancelled it (the statement timeout is cut to the deadline): the same answer as
+    /// the deadline layer's own.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// 500: anything else. The cause is logged, never sent.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -68,7 +73,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +131,7 @@ impl ApiError {
             Self::Unavailable { detail, .. } => {
                 Problem::new(status, Some("unavailable"), "Service unavailable", *detail)
             }
+            Self::DeadlineExceeded => Problem::deadline_exceeded(),
             Self::Internal(_) => Problem::new(
                 status,
                 Some("internal"),
@@ -162,6 +168,9 @@ impl IntoResponse for ApiError {
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            Self::DeadlineExceeded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
             _ => {}
         }
         if let Self::Internal(cause)
@@ -179,7 +188,9 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if db::is_unavailable(&e) {
+        if db::is_deadline_cancel(&e) {
+            Self::DeadlineExceeded
+        } else if db::is_unavailable(&e) {
             Self::Unavailable {
                 detail: "The database is unavailable; retry shortly.",
                 retry_after_secs: 1,

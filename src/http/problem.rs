@@ -71,6 +71,17 @@ impl Problem {
         }
     }
 
+    /// A request whose deadline passed (`middleware::deadline`, or a statement Postgres
+    /// cancelled at the deadline).
+    pub fn deadline_exceeded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("deadline-exceeded"),
+            "Deadline exceeded",
+            "The request did not complete within its deadline; retry shortly.",
+        )
+    }
+
     /// The generic problem for a status, for errors produced outside the handlers
     /// (router fallbacks, tower layers).
     pub fn for_status(status: StatusCode) -> Self {

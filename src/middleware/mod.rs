@@ -4,11 +4,13 @@
 //! that reads top to bottom, by the assembly (`crate::server`); the order, and why, is
 //! documented there.
 //!
-//! The guardrails of later chapters (rate limit, deadline, load shedding) are separate
-//! modules here, each checking its fix flag per request, and take their place in that
-//! one stack.
+//! The guardrails are separate modules here, each checking its fix flag per request:
+//! [`deadline`] (request deadlines) and [`shed`] (adaptive load shedding with
+//! criticality).
 
+pub mod deadline;
 pub mod errors;
 pub mod metrics;
 pub mod request_id;
+pub mod shed;
 pub mod trace;

@@ -6,6 +6,8 @@
 //! - [`Breaker`]: a circuit breaker, one per dependency, shared by every caller of it.
 //! - [`Deadline`]: the request's deadline, which every dependency call cuts its timeout to
 //!   ([`deadline::budget`]).
+//! - [`AdaptiveLimit`]: the load shedder's concurrency limit, found from observed latency
+//!   (Gradient2).
 //!
 //! The module imports only the metric names from the crate: the caller names the
 //! breaker, passes its settings (from its own config section) and decides what counts as a
@@ -15,6 +17,8 @@
 
 mod breaker;
 pub mod deadline;
+mod limit;
 
 pub use breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 pub use deadline::Deadline;
+pub use limit::{AdaptiveLimit, LimitSettings, Token};

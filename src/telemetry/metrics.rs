@@ -48,6 +48,10 @@ pub mod names {
     pub const JOBS_FINISHED: &str = "keel_jobs_finished_total";
     pub const JOB_DURATION: &str = "keel_job_duration_seconds";
     pub const QUEUE_DEPTH: &str = "keel_queue_depth";
+    pub const CONCURRENCY_LIMIT: &str = "keel_concurrency_limit";
+    pub const CONCURRENCY_IN_FLIGHT: &str = "keel_concurrency_in_flight";
+    pub const SHED: &str = "keel_shed_total";
+    pub const DEADLINE_EXCEEDED: &str = "keel_deadline_exceeded_total";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -187,6 +191,22 @@ fn describe() {
     describe_counter!(
         BREAKER_TRANSITIONS,
         "Circuit breaker transitions, by breaker and the state entered"
+    );
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        "The adaptive concurrency limit of the public API (Gradient2), updated each window"
+    );
+    describe_gauge!(
+        CONCURRENCY_IN_FLIGHT,
+        "Requests admitted under the concurrency limit, as of the last window"
+    );
+    describe_counter!(
+        SHED,
+        "Requests refused with 503 by the load shedder, by criticality and route class"
+    );
+    describe_counter!(
+        DEADLINE_EXCEEDED,
+        "Requests answered 503 because their deadline passed, by route class"
     );
 }
 

@@ -12,6 +12,7 @@ mod cache;
 mod comments;
 mod config;
 mod config_docs;
+mod deadlines;
 mod explain;
 mod hardening;
 mod helpers;
