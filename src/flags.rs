@@ -33,26 +33,34 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
+use crate::resilience::BreakerSwitch;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
-/// flags (`rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`) arrive with their
-/// fixes. All default to on.
+/// flags (`rate_limit`, `load_shedding`, `timeouts`) arrive with their fixes. All default to
+/// on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     BatchLoading,
     Cache,
     AsyncJobs,
+    CircuitBreaker,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 3] = [Flag::BatchLoading, Flag::Cache, Flag::AsyncJobs];
+    pub const ALL: [Flag; 4] = [
+        Flag::BatchLoading,
+        Flag::Cache,
+        Flag::AsyncJobs,
+        Flag::CircuitBreaker,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Flag::BatchLoading => "batch_loading",
             Flag::Cache => "cache",
             Flag::AsyncJobs => "async_jobs",
+            Flag::CircuitBreaker => "circuit_breaker",
         }
     }
 
@@ -65,6 +73,9 @@ impl Flag {
             Flag::Cache => "hot reads always go to Postgres",
             Flag::AsyncJobs => {
                 "the assignment email is sent over SMTP inside the request, and stats are recomputed inline"
+            }
+            Flag::CircuitBreaker => {
+                "a dead dependency is called anyway, each call waiting for its timeout"
             }
         }
     }
@@ -94,6 +105,9 @@ pub struct Flags(Arc<Inner>);
 struct Inner {
     enabled: [AtomicBool; Flag::ALL.len()],
     updated_at: RwLock<[Option<DateTime<Utc>>; Flag::ALL.len()]>,
+    /// `circuit_breaker`, as the breakers below this layer see it (`crate::resilience`
+    /// cannot read the flags): kept in step with the flag by [`Flags::apply`].
+    breakers: BreakerSwitch,
 }
 
 impl Default for Flags {
@@ -101,6 +115,7 @@ impl Default for Flags {
         Self(Arc::new(Inner {
             enabled: std::array::from_fn(|_| AtomicBool::new(true)),
             updated_at: RwLock::new([None; Flag::ALL.len()]),
+            breakers: BreakerSwitch::default(),
         }))
     }
 }
@@ -109,6 +124,13 @@ impl Flags {
     /// Whether a fix is on. Cheap enough for every request.
     pub fn enabled(&self, flag: Flag) -> bool {
         self.0.enabled[flag.index()].load(Ordering::Relaxed)
+    }
+
+    /// The `circuit_breaker` flag as a switch for the breakers of the layers below this one
+    /// (the cache, the jobs' broker and mailer, the database): build each one
+    /// `.with_switch(&flags.breaker_switch())`.
+    pub fn breaker_switch(&self) -> BreakerSwitch {
+        self.0.breakers.clone()
     }
 
     /// Every flag with its state, in registry order.
@@ -132,6 +154,9 @@ impl Flags {
             if let Some(flag) = Flag::from_name(&row.name) {
                 self.0.enabled[flag.index()].store(row.enabled, Ordering::Relaxed);
                 updated_at[flag.index()] = Some(row.updated_at);
+                if flag == Flag::CircuitBreaker {
+                    self.0.breakers.set(row.enabled);
+                }
             }
         }
     }
@@ -233,5 +258,24 @@ mod tests {
         let snapshot = flags.snapshot();
         assert_eq!(snapshot.len(), Flag::ALL.len(), "unknown rows are ignored");
         assert!(snapshot[0].updated_at.is_some());
+    }
+
+    #[test]
+    fn the_breaker_switch_follows_the_circuit_breaker_flag() {
+        let flags = Flags::default();
+        let switch = flags.breaker_switch();
+        assert!(switch.is_on());
+        let row = |enabled| db::flags::FlagRow {
+            name: "circuit_breaker".into(),
+            enabled,
+            updated_at: Utc::now(),
+        };
+
+        flags.apply(&[row(false)]);
+
+        assert!(!flags.enabled(Flag::CircuitBreaker));
+        assert!(!switch.is_on());
+        flags.apply(&[row(true)]);
+        assert!(switch.is_on());
     }
 }
