@@ -33,6 +33,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
+use crate::resilience::BreakerSwitch;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
@@ -44,15 +45,17 @@ pub enum Flag {
     AsyncJobs,
     Timeouts,
     LoadShedding,
+    CircuitBreaker,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 5] = [
+    pub const ALL: [Flag; 6] = [
         Flag::BatchLoading,
         Flag::Cache,
         Flag::AsyncJobs,
         Flag::Timeouts,
         Flag::LoadShedding,
+        Flag::CircuitBreaker,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Flag {
             Flag::AsyncJobs => "async_jobs",
             Flag::Timeouts => "timeouts",
             Flag::LoadShedding => "load_shedding",
+            Flag::CircuitBreaker => "circuit_breaker",
         }
     }
 
@@ -77,6 +81,9 @@ impl Flag {
             }
             Flag::Timeouts => "no request deadline and no statement timeout",
             Flag::LoadShedding => "no concurrency limit: overload queues up without bound",
+            Flag::CircuitBreaker => {
+                "a dead dependency is called anyway, each call waiting for its timeout"
+            }
         }
     }
 
@@ -105,6 +112,9 @@ pub struct Flags(Arc<Inner>);
 struct Inner {
     enabled: [AtomicBool; Flag::ALL.len()],
     updated_at: RwLock<[Option<DateTime<Utc>>; Flag::ALL.len()]>,
+    /// `circuit_breaker`, as the breakers below this layer see it (`crate::resilience`
+    /// cannot read the flags): kept in step with the flag by [`Flags::apply`].
+    breakers: BreakerSwitch,
 }
 
 impl Default for Flags {
@@ -112,6 +122,7 @@ impl Default for Flags {
         Self(Arc::new(Inner {
             enabled: std::array::from_fn(|_| AtomicBool::new(true)),
             updated_at: RwLock::new([None; Flag::ALL.len()]),
+            breakers: BreakerSwitch::default(),
         }))
     }
 }
@@ -120,6 +131,13 @@ impl Flags {
     /// Whether a fix is on. Cheap enough for every request.
     pub fn enabled(&self, flag: Flag) -> bool {
         self.0.enabled[flag.index()].load(Ordering::Relaxed)
+    }
+
+    /// The `circuit_breaker` flag as a switch for the breakers of the layers below this one
+    /// (the cache, the jobs' broker and mailer, the database): build each one
+    /// `.with_switch(&flags.breaker_switch())`.
+    pub fn breaker_switch(&self) -> BreakerSwitch {
+        self.0.breakers.clone()
     }
 
     /// Every flag with its state, in registry order.
@@ -140,6 +158,9 @@ impl Flags {
     /// API), which every instance follows.
     pub fn set(&self, flag: Flag, enabled: bool) {
         self.0.enabled[flag.index()].store(enabled, Ordering::Relaxed);
+        if flag == Flag::CircuitBreaker {
+            self.0.breakers.set(enabled);
+        }
     }
 
     /// Applies rows read from the store; rows of flags this build does not know (an older
@@ -150,6 +171,9 @@ impl Flags {
             if let Some(flag) = Flag::from_name(&row.name) {
                 self.0.enabled[flag.index()].store(row.enabled, Ordering::Relaxed);
                 updated_at[flag.index()] = Some(row.updated_at);
+                if flag == Flag::CircuitBreaker {
+                    self.0.breakers.set(row.enabled);
+                }
             }
         }
     }
@@ -251,5 +275,24 @@ mod tests {
         let snapshot = flags.snapshot();
         assert_eq!(snapshot.len(), Flag::ALL.len(), "unknown rows are ignored");
         assert!(snapshot[0].updated_at.is_some());
+    }
+
+    #[test]
+    fn the_breaker_switch_follows_the_circuit_breaker_flag() {
+        let flags = Flags::default();
+        let switch = flags.breaker_switch();
+        assert!(switch.is_on());
+        let row = |enabled| db::flags::FlagRow {
+            name: "circuit_breaker".into(),
+            enabled,
+            updated_at: Utc::now(),
+        };
+
+        flags.apply(&[row(false)]);
+
+        assert!(!flags.enabled(Flag::CircuitBreaker));
+        assert!(!switch.is_on());
+        flags.apply(&[row(true)]);
+        assert!(switch.is_on());
     }
 }

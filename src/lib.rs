@@ -20,7 +20,7 @@
 //! | loading and jobs | [`loaders`], [`jobs`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies; background work: the transactional outbox, its relay to RabbitMQ, the worker and its handlers (`async_jobs`) |
 //! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry; the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
-//! | resilience | [`resilience`] | the circuit breaker around the dependencies the service can do without (Redis now, RabbitMQ and SMTP next); imports only the metric names, so every layer above may use it |
+//! | resilience | [`resilience`] | the circuit breaker around each dependency (Redis, RabbitMQ, SMTP, Postgres), retries with a budget, the request's deadline; imports only the metric names and the settings types, so every layer above may use it |
 //! | telemetry | [`telemetry`] | logs, traces, the metrics registry (takes values, never the state) |
 //! | foundation | [`domain`], [`config`], [`shutdown`] | rules and validated types (no axum, no sqlx); configuration, one file per section; the stop signal |
 //!

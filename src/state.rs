@@ -27,6 +27,7 @@ use crate::flags::Flags;
 use crate::jobs::{Broker, Jobs, Mailer, Runner};
 use crate::loaders::Loaders;
 use crate::readiness::{Need, Readiness};
+use crate::resilience::{Breaker, BreakerState};
 use crate::telemetry;
 
 /// What every request handler shares. Cloning is one `Arc` increment.
@@ -62,7 +63,9 @@ pub struct App {
     pub cursors: CursorKey,
     /// The dependencies `/readyz` probes: Postgres (required), Redis (optional: without
     /// it the service is `degraded` and serves from Postgres), RabbitMQ (optional:
-    /// without it writes still succeed and their jobs wait in the outbox).
+    /// without it writes still succeed and their jobs wait in the outbox), and the SMTP
+    /// server when `SMTP_URL` is set (optional: emails wait in their retry queues). A
+    /// dependency whose circuit breaker is open is `down`.
     pub readiness: Readiness,
     /// Fires when the process is asked to stop; readiness reports `draining` from then.
     pub shutdown: CancellationToken,
@@ -90,20 +93,33 @@ impl AppState {
         } else {
             None
         };
-        let db = Db::new(pool);
         let flags = Flags::default();
+        let db = Db::new(
+            pool,
+            Breaker::new("postgres", config.database.breaker).with_switch(&flags.breaker_switch()),
+        );
         let mut readiness = Readiness::default();
-        let probe_pool = db.pool().clone();
+        let probe_db = db.clone();
         readiness.register(
             "postgres",
             Need::Required,
             config.http.readiness_timeout,
             move || {
-                let pool = probe_pool.clone();
-                async move { db::ping(&pool).await }
+                let db = probe_db.clone();
+                async move {
+                    // An open breaker is `down` (api.md): requests are being refused.
+                    if db.breaker().state() == BreakerState::Open {
+                        return Err(sqlx::Error::Io(std::io::Error::other(
+                            "Postgres circuit breaker open",
+                        )));
+                    }
+                    db::ping(db.pool()).await
+                }
             },
         );
-        let cache = Cache::new(&config.redis)?;
+        // Every breaker follows the `circuit_breaker` fix flag through this switch.
+        let breakers = flags.breaker_switch();
+        let cache = Cache::new(&config.redis, &breakers)?;
         let probe_cache = cache.clone();
         readiness.register(
             "redis",
@@ -114,7 +130,7 @@ impl AppState {
                 async move { cache.ping().await }
             },
         );
-        let broker = Broker::new(&config.jobs);
+        let broker = Broker::new(&config.jobs, &breakers);
         let probe_broker = broker.clone();
         readiness.register(
             "rabbitmq",
@@ -125,12 +141,20 @@ impl AppState {
                 async move { broker.probe().await }
             },
         );
-        let runner = Runner::new(
-            db.clone(),
-            cache.clone(),
-            Mailer::new(&config.jobs)?,
-            config.jobs.job_timeout,
-        );
+        let mailer = Mailer::new(&config.jobs, &breakers)?;
+        if mailer.is_smtp() {
+            let probe_mailer = mailer.clone();
+            readiness.register(
+                "smtp",
+                Need::Optional,
+                config.http.readiness_timeout,
+                move || {
+                    let mailer = probe_mailer.clone();
+                    async move { mailer.probe().await }
+                },
+            );
+        }
+        let runner = Runner::new(db.clone(), cache.clone(), mailer, config.jobs.job_timeout);
         Ok(Self(Arc::new(App {
             jobs: Jobs::new(flags.clone(), runner.clone()),
             broker,

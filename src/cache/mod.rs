@@ -61,12 +61,15 @@
 //!
 //! # When Redis is slow or down
 //!
-//! Every call has the command timeout (`KEEL_REDIS_COMMAND_TIMEOUT`) and passes a
-//! circuit breaker (`crate::resilience`): after enough failures it stops calling Redis
-//! for a cool-down, so a dead Redis costs a request nothing rather than a timeout. A
-//! failed read is a miss served from Postgres; a failed fill is dropped; a failed
-//! invalidation triggers the epoch repair above. Readiness reports Redis `down` (the
-//! service `degraded`, still 200) while the breaker is open.
+//! Every call has the command timeout (`KEEL_REDIS_COMMAND_TIMEOUT`), cut to what is left
+//! of the request's deadline, and passes a circuit breaker (`crate::resilience`): after
+//! enough failed or slow calls it stops calling Redis for a cool-down, so a dead Redis
+//! costs a request nothing rather than a timeout. A read or an invalidation whose
+//! connection was refused or dropped is retried once, within the Redis retry budget
+//! ([`Cache::call_unchecked`] says why only those). A failed read is a miss served from
+//! Postgres; a failed fill is dropped; a failed invalidation triggers the epoch repair
+//! above. Readiness reports Redis `down` (the service `degraded`, still 200) while the
+//! breaker is open.
 
 pub mod entries;
 mod flight;
@@ -91,7 +94,7 @@ pub use flight::Fresh;
 use crate::config::RedisConfig;
 use crate::db::tasks::Task;
 use crate::db::users::User;
-use crate::resilience::{Breaker, BreakerSettings, BreakerState};
+use crate::resilience::{Breaker, BreakerState, BreakerSwitch, Retry, deadline};
 use crate::telemetry::metrics::names;
 use pool::{Conn, Pool};
 
@@ -117,6 +120,12 @@ struct Inner {
     lease_ttl: Duration,
     lease_wait: Duration,
     breaker: Breaker,
+    /// Retries of the idempotent calls (reads, invalidations) on a refused or dropped
+    /// connection: see [`Cache::call_unchecked`].
+    retry: Retry,
+    /// The longest one call may take by its own timeouts (a pool wait, a connection opened,
+    /// the command): the timeout that a request's deadline cuts.
+    call_timeout: Duration,
     /// Set when an invalidation may not have reached Redis: until the epoch has been
     /// advanced, this instance neither reads nor fills (module doc, "the hole").
     repair_pending: AtomicBool,
@@ -160,19 +169,52 @@ impl std::fmt::Display for Unavailable {
 
 /// Why a call did not get an answer.
 enum Failure {
+    /// The breaker is open: Redis was not asked.
+    BreakerOpen,
     /// No pooled connection came free within `KEEL_REDIS_POOL_WAIT_TIMEOUT`.
     PoolBusy,
-    /// Redis failed: connecting, a timeout, an error reply.
-    Redis(String),
+    /// The request's deadline came first: what is left of it went to the call.
+    Deadline,
+    /// Redis failed: connecting, a timeout, an error reply. `connection`: the connection was
+    /// refused or found dropped, so the command never reached Redis, and another attempt on
+    /// a fresh connection may well succeed.
+    Redis { error: String, connection: bool },
+}
+
+impl Failure {
+    fn redis(error: &RedisError) -> Self {
+        Self::Redis {
+            error: error.to_string(),
+            connection: error.is_connection_refusal() || error.is_connection_dropped(),
+        }
+    }
+
+    /// Worth retrying (an idempotent call): the connection failed, not the command.
+    fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis {
+                connection: true,
+                ..
+            }
+        )
+    }
 }
 
 impl From<deadpool::managed::PoolError<RedisError>> for Failure {
     fn from(error: deadpool::managed::PoolError<RedisError>) -> Self {
+        use deadpool::managed::{PoolError, TimeoutType};
         match error {
-            deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => {
-                Self::PoolBusy
-            }
-            other => Self::Redis(other.to_string()),
+            PoolError::Timeout(TimeoutType::Wait) => Self::PoolBusy,
+            // Opening a connection failed: the command was never sent.
+            PoolError::Backend(e) => Self::Redis {
+                error: e.to_string(),
+                connection: true,
+            },
+            other => Self::Redis {
+                error: other.to_string(),
+                connection: false,
+            },
         }
     }
 }
@@ -226,22 +268,20 @@ pub struct TaskSlots {
 }
 
 impl Cache {
-    pub fn new(config: &RedisConfig) -> anyhow::Result<Self> {
-        let breaker = Breaker::new(
-            "redis",
-            BreakerSettings {
-                failure_rate: config.breaker_failure_rate,
-                window: config.breaker_window,
-                cooldown: config.breaker_cooldown,
-            },
-        );
+    /// The cache over `config`'s Redis, its breaker following `breakers` (the
+    /// `circuit_breaker` fix flag, `Flags::breaker_switch`).
+    pub fn new(config: &RedisConfig, breakers: &BreakerSwitch) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(Inner {
             pool: pool::pool(config)?,
             prefix: format!("{}{FORMAT}", config.prefix),
             ttl: config.cache_ttl,
             lease_ttl: config.lease_ttl,
             lease_wait: config.lease_wait,
-            breaker,
+            breaker: Breaker::new("redis", config.breaker).with_switch(breakers),
+            retry: Retry::new("redis", config.retry),
+            call_timeout: config.pool_wait_timeout
+                + config.connect_timeout
+                + config.command_timeout,
             repair_pending: AtomicBool::new(false),
             flights: flight::Flights::default(),
             fill_hook: RwLock::new(None),
@@ -671,18 +711,26 @@ impl Cache {
         Ok(())
     }
 
-    /// One script call: through the breaker, on a pooled connection, in a client span.
+    /// One script call, in a client span: through the breaker, on a pooled connection, cut
+    /// to the request's deadline, and retried when it is idempotent.
+    ///
+    /// Which calls are retried, and why only those: the reads (`cache.read*`) and the
+    /// invalidation, when the connection was refused or found dropped — after a Redis
+    /// restart every pooled connection is dead, and each first use fails until the pool
+    /// has replaced it; a retry on a fresh connection turns that into a hit instead of a
+    /// load from Postgres, or a lost invalidation (and an epoch repair) into a landed one.
+    /// Running either twice is harmless: a read twice at worst finds its own lease and
+    /// loads without filling; an invalidation deletes what is already gone and advances a
+    /// generation once more. Fills are not retried (a lost fill costs one later miss), nor
+    /// is the epoch bump (each run drops the whole cache again), nor is any timeout: a
+    /// Redis too slow to answer gets no more calls from here, and the breaker's slow-call
+    /// rule takes it out of the path.
     async fn call_unchecked<R: FromRedisValue>(
         &self,
         operation: &'static str,
         script: &Script,
         args: impl FnOnce(&mut deadpool_redis::redis::ScriptInvocation<'_>),
     ) -> Result<R, Unavailable> {
-        let Some(permit) = self.0.breaker.try_acquire() else {
-            counter!(names::CACHE_ERRORS, "operation" => operation, "reason" => "breaker_open")
-                .increment(1);
-            return Err(Unavailable);
-        };
         let mut invocation = script.prepare_invoke();
         invocation.arg(&self.0.prefix);
         args(&mut invocation);
@@ -694,35 +742,72 @@ impl Cache {
             db.system.name = "redis",
             db.operation.name = "EVALSHA",
         );
-        let result = async {
-            let mut conn = Conn::get(&self.0.pool).await.map_err(Failure::from)?;
-            match invocation.invoke_async::<R>(&mut *conn).await {
-                Ok(value) => Ok(value),
-                Err(e) => {
-                    conn.failed(&e);
-                    Err(Failure::Redis(e.to_string()))
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
+        let idempotent = matches!(
+            operation,
+            "cache.read" | "cache.read_task" | "cache.read_page" | "cache.invalidate"
+        );
+        let attempt = || self.attempt::<R>(&invocation);
+        let result = if idempotent {
+            self.0
+                .retry
+                .idempotent(attempt, Failure::is_connection)
+                .instrument(span.clone())
+                .await
+        } else {
+            attempt().instrument(span.clone()).await
+        };
         let (reason, error) = match result {
-            Ok(value) => {
-                permit.success();
-                return Ok(value);
+            Ok(value) => return Ok(value),
+            Err(Failure::BreakerOpen) => {
+                counter!(names::CACHE_ERRORS, "operation" => operation, "reason" => "breaker_open")
+                    .increment(1);
+                return Err(Unavailable);
             }
-            // Every connection busy: this instance's congestion, not Redis failing, so
-            // the breaker does not count it (the permit is dropped unsettled).
             Err(Failure::PoolBusy) => ("pool_busy", "every pooled connection is busy".to_owned()),
-            Err(Failure::Redis(error)) => {
-                permit.failure();
-                ("redis", error)
-            }
+            Err(Failure::Deadline) => ("deadline", "the request's deadline came first".to_owned()),
+            Err(Failure::Redis { error, .. }) => ("redis", error),
         };
         span.record("otel.status_code", "ERROR");
         counter!(names::CACHE_ERRORS, "operation" => operation, "reason" => reason).increment(1);
         tracing::debug!(operation, %error, "redis call failed; serving from Postgres");
         Err(Unavailable)
+    }
+
+    /// One attempt of a script call: a permit from the breaker, a pooled connection, the
+    /// script, all within what is left of the request's deadline.
+    async fn attempt<R: FromRedisValue>(
+        &self,
+        invocation: &deadpool_redis::redis::ScriptInvocation<'_>,
+    ) -> Result<R, Failure> {
+        let Some(permit) = self.0.breaker.try_acquire() else {
+            return Err(Failure::BreakerOpen);
+        };
+        let call = async {
+            let mut conn = Conn::get(&self.0.pool).await.map_err(Failure::from)?;
+            match invocation.invoke_async::<R>(&mut *conn).await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    let failure = Failure::redis(&e);
+                    conn.failed(&e);
+                    Err(failure)
+                }
+            }
+        };
+        match tokio::time::timeout(deadline::budget(self.0.call_timeout), call).await {
+            Ok(Ok(value)) => {
+                permit.success();
+                Ok(value)
+            }
+            Ok(Err(failure @ Failure::Redis { .. })) => {
+                permit.failure();
+                Err(failure)
+            }
+            // Every connection busy: this instance's congestion, not Redis failing, so the
+            // breaker does not count it (the permit is dropped unsettled); nor a call cut
+            // short by the request's deadline, which says nothing about Redis.
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(Failure::Deadline),
+        }
     }
 
     async fn timed_load<T>(&self, kind: &'static str, load: impl Future<Output = T>) -> T {

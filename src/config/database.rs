@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+use super::resilience::{BreakerSettings, BreakerVars};
 use super::vars::{ConfigError, Vars, error, process_env};
 
 #[derive(Clone)]
@@ -33,7 +34,35 @@ pub struct DatabaseConfig {
     /// connection. Keel takes that trade by default; turn it on where idle connections
     /// die often (an aggressive proxy in between).
     pub test_before_acquire: bool,
+    /// `KEEL_DB_BREAKER_*`: the circuit breaker around Postgres. While Postgres cannot be
+    /// reached, it turns every request's wait for a pool timeout into an immediate 503.
+    /// A statement can be slow for good reasons (a report, a cold page), so a call counts
+    /// as slow only past 5s, and only a window where every call was slow opens it. The
+    /// window (50 calls, judged from 20) passes in well under a second under load; open for
+    /// 5s, with 5 probes: one lucky statement on a recovering server does not close it.
+    pub breaker: BreakerSettings,
 }
+
+const BREAKER_VARS: BreakerVars = BreakerVars {
+    failure_rate: "KEEL_DB_BREAKER_FAILURE_RATE",
+    slow_call_rate: "KEEL_DB_BREAKER_SLOW_CALL_RATE",
+    slow_call_duration: "KEEL_DB_BREAKER_SLOW_CALL_DURATION",
+    window: "KEEL_DB_BREAKER_WINDOW",
+    min_calls: "KEEL_DB_BREAKER_MIN_CALLS",
+    cooldown: "KEEL_DB_BREAKER_COOLDOWN",
+    half_open_calls: "KEEL_DB_BREAKER_HALF_OPEN_CALLS",
+};
+
+/// See [`DatabaseConfig::breaker`].
+const BREAKER_DEFAULTS: BreakerSettings = BreakerSettings {
+    failure_rate: 0.5,
+    slow_call_rate: 1.0,
+    slow_call_duration: Duration::from_secs(5),
+    window: 50,
+    min_calls: 20,
+    cooldown: Duration::from_secs(5),
+    half_open_calls: 5,
+};
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,6 +75,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("min_connections", &self.min_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("test_before_acquire", &self.test_before_acquire)
+            .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +121,7 @@ impl DatabaseConfig {
                 Duration::from_secs(60),
             )?,
             test_before_acquire: vars.parse("KEEL_DB_TEST_BEFORE_ACQUIRE", false)?,
+            breaker: BreakerSettings::read(vars, &BREAKER_VARS, BREAKER_DEFAULTS)?,
         })
     }
 
@@ -118,6 +149,29 @@ mod tests {
         assert_eq!(db.min_connections, 0);
         assert_eq!(db.acquire_timeout, Duration::from_secs(2));
         assert!(!db.test_before_acquire);
+        assert_eq!(db.breaker, BREAKER_DEFAULTS);
+    }
+
+    #[test]
+    fn the_breaker_is_read_from_its_own_variables() {
+        let db = with_vars(
+            &[
+                ("KEEL_DB_BREAKER_WINDOW", "10"),
+                ("KEEL_DB_BREAKER_SLOW_CALL_RATE", "0.5"),
+            ],
+            DatabaseConfig::read,
+        )
+        .unwrap();
+        assert_eq!(db.breaker.window, 10);
+        assert_eq!(
+            db.breaker.min_calls, 10,
+            "the minimum follows the window down"
+        );
+        assert_eq!(db.breaker.slow_call_rate, 0.5);
+        assert_eq!(
+            var_of(&[("KEEL_DB_BREAKER_COOLDOWN", "1h")]),
+            "KEEL_DB_BREAKER_COOLDOWN"
+        );
     }
 
     #[test]

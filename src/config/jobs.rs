@@ -12,6 +12,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::resilience::{BreakerSettings, BreakerVars};
 use super::vars::{ConfigError, Vars, error};
 
 #[derive(Clone)]
@@ -83,7 +84,63 @@ pub struct JobsConfig {
     /// `KEEL_MAILBOX_DIR`: where emails go when `SMTP_URL` is unset, one `.eml` file each,
     /// named by its job (so a redelivery rewrites the same file).
     pub mailbox_dir: PathBuf,
+    /// `KEEL_AMQP_BREAKER_*`: the circuit breaker around RabbitMQ. Its calls are the
+    /// connections the relay, the worker and readiness open, and each batch the relay
+    /// publishes; while it is open none of them is tried, and jobs wait in the outbox.
+    /// Those calls are few (a reconnect every few seconds, a batch per commit), so it judges
+    /// from 3 calls in a window of 10, and one probe decides half-open. A batch is slow past
+    /// 2s (a healthy broker confirms in milliseconds; a broker that blocks publishers under
+    /// a memory alarm takes seconds). Open for 10s, the longest reconnect backoff.
+    pub amqp_breaker: BreakerSettings,
+    /// `KEEL_SMTP_BREAKER_*`: the circuit breaker around the SMTP server. While it is open a
+    /// send fails at once as a transient error, and the job comes back through its retry
+    /// queue (or, inline, goes to the outbox). A send takes from tens of milliseconds to
+    /// seconds, so it is slow past 5s; judged from 5 sends in a window of 10; open for 30s,
+    /// long enough for a mail server to restart, with 2 probes to close it.
+    pub smtp_breaker: BreakerSettings,
 }
+
+const AMQP_BREAKER_VARS: BreakerVars = BreakerVars {
+    failure_rate: "KEEL_AMQP_BREAKER_FAILURE_RATE",
+    slow_call_rate: "KEEL_AMQP_BREAKER_SLOW_CALL_RATE",
+    slow_call_duration: "KEEL_AMQP_BREAKER_SLOW_CALL_DURATION",
+    window: "KEEL_AMQP_BREAKER_WINDOW",
+    min_calls: "KEEL_AMQP_BREAKER_MIN_CALLS",
+    cooldown: "KEEL_AMQP_BREAKER_COOLDOWN",
+    half_open_calls: "KEEL_AMQP_BREAKER_HALF_OPEN_CALLS",
+};
+
+/// See [`JobsConfig::amqp_breaker`].
+const AMQP_BREAKER_DEFAULTS: BreakerSettings = BreakerSettings {
+    failure_rate: 0.5,
+    slow_call_rate: 0.8,
+    slow_call_duration: Duration::from_secs(2),
+    window: 10,
+    min_calls: 3,
+    cooldown: Duration::from_secs(10),
+    half_open_calls: 1,
+};
+
+const SMTP_BREAKER_VARS: BreakerVars = BreakerVars {
+    failure_rate: "KEEL_SMTP_BREAKER_FAILURE_RATE",
+    slow_call_rate: "KEEL_SMTP_BREAKER_SLOW_CALL_RATE",
+    slow_call_duration: "KEEL_SMTP_BREAKER_SLOW_CALL_DURATION",
+    window: "KEEL_SMTP_BREAKER_WINDOW",
+    min_calls: "KEEL_SMTP_BREAKER_MIN_CALLS",
+    cooldown: "KEEL_SMTP_BREAKER_COOLDOWN",
+    half_open_calls: "KEEL_SMTP_BREAKER_HALF_OPEN_CALLS",
+};
+
+/// See [`JobsConfig::smtp_breaker`].
+const SMTP_BREAKER_DEFAULTS: BreakerSettings = BreakerSettings {
+    failure_rate: 0.5,
+    slow_call_rate: 0.8,
+    slow_call_duration: Duration::from_secs(5),
+    window: 10,
+    min_calls: 5,
+    cooldown: Duration::from_secs(30),
+    half_open_calls: 2,
+};
 
 impl std::fmt::Debug for JobsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +224,8 @@ impl JobsConfig {
             mailbox_dir: vars
                 .get("KEEL_MAILBOX_DIR")
                 .map_or_else(|| PathBuf::from("mailbox"), PathBuf::from),
+            amqp_breaker: BreakerSettings::read(vars, &AMQP_BREAKER_VARS, AMQP_BREAKER_DEFAULTS)?,
+            smtp_breaker: BreakerSettings::read(vars, &SMTP_BREAKER_VARS, SMTP_BREAKER_DEFAULTS)?,
         };
         if jobs.reconnect_min_delay > jobs.reconnect_max_delay {
             return Err(error(
@@ -272,6 +331,35 @@ mod tests {
         assert_eq!(
             jobs.retry_delays,
             [1, 10, 60].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(jobs.amqp_breaker, AMQP_BREAKER_DEFAULTS);
+        assert_eq!(jobs.smtp_breaker, SMTP_BREAKER_DEFAULTS);
+    }
+
+    #[test]
+    fn each_dependency_reads_its_own_breaker_variables() {
+        let jobs = read(&[
+            ("KEEL_AMQP_BREAKER_COOLDOWN", "1s"),
+            ("KEEL_AMQP_BREAKER_HALF_OPEN_CALLS", "4"),
+            ("KEEL_SMTP_BREAKER_SLOW_CALL_DURATION", "30s"),
+            ("KEEL_SMTP_BREAKER_MIN_CALLS", "2"),
+        ]);
+        assert_eq!(jobs.amqp_breaker.cooldown, Duration::from_secs(1));
+        assert_eq!(jobs.amqp_breaker.half_open_calls, 4);
+        assert_eq!(jobs.smtp_breaker.cooldown, SMTP_BREAKER_DEFAULTS.cooldown);
+        assert_eq!(
+            jobs.smtp_breaker.slow_call_duration,
+            Duration::from_secs(30)
+        );
+        assert_eq!(jobs.smtp_breaker.min_calls, 2);
+        let refused = |pairs: &[(&str, &str)]| refused_var(pairs, JobsConfig::read);
+        assert_eq!(
+            refused(&[("KEEL_AMQP_BREAKER_FAILURE_RATE", "0")]),
+            "KEEL_AMQP_BREAKER_FAILURE_RATE"
+        );
+        assert_eq!(
+            refused(&[("KEEL_SMTP_BREAKER_WINDOW", "1")]),
+            "KEEL_SMTP_BREAKER_WINDOW"
         );
     }
 

@@ -16,6 +16,8 @@
 //! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) `redis.rs`
 //! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis) and
 //! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
+//! `resilience.rs` ([`BreakerSettings`], [`RetrySettings`]) is not a section but the reader
+//! that every dependency's section uses for its circuit breaker and its retries.
 //! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
 //! this file composes the sections. They are read in a fixed order (environment, log,
 //! telemetry, http, auth, flags, database, redis, jobs) and the first bad value wins. No check
@@ -53,6 +55,7 @@ mod http;
 mod jobs;
 mod log;
 mod redis;
+mod resilience;
 mod telemetry;
 mod vars;
 
@@ -66,6 +69,7 @@ pub use http::HttpConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;
+pub use resilience::{BreakerSettings, RetrySettings};
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
 
 pub use vars::{ConfigError, Environment};

@@ -1,6 +1,6 @@
 //! Redis and the cache in front of Postgres: `REDIS_URL`, the key prefix, the pool, the
 //! timeouts that bound what a slow Redis adds to a request, the cache's TTLs and leases, and
-//! the circuit breaker around Redis.
+//! the circuit breaker around Redis and the retries of its idempotent calls.
 //!
 //! Redis is an optional dependency: when it is slow or down, reads are served from Postgres.
 //! Every value here is chosen with that in mind — the timeouts are small next to a Postgres
@@ -15,7 +15,44 @@ use std::time::Duration;
 use deadpool_redis::redis::{ConnectionAddr, IntoConnectionInfo};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::resilience::{BreakerSettings, BreakerVars, RetrySettings, RetryVars};
 use super::vars::{ConfigError, Vars, error};
+
+const BREAKER_VARS: BreakerVars = BreakerVars {
+    failure_rate: "KEEL_REDIS_BREAKER_FAILURE_RATE",
+    slow_call_rate: "KEEL_REDIS_BREAKER_SLOW_CALL_RATE",
+    slow_call_duration: "KEEL_REDIS_BREAKER_SLOW_CALL_DURATION",
+    window: "KEEL_REDIS_BREAKER_WINDOW",
+    min_calls: "KEEL_REDIS_BREAKER_MIN_CALLS",
+    cooldown: "KEEL_REDIS_BREAKER_COOLDOWN",
+    half_open_calls: "KEEL_REDIS_BREAKER_HALF_OPEN_CALLS",
+};
+
+/// See [`RedisConfig::breaker`].
+const BREAKER_DEFAULTS: BreakerSettings = BreakerSettings {
+    failure_rate: 0.5,
+    slow_call_rate: 0.8,
+    slow_call_duration: Duration::from_millis(25),
+    window: 20,
+    min_calls: 10,
+    cooldown: Duration::from_secs(5),
+    half_open_calls: 3,
+};
+
+const RETRY_VARS: RetryVars = RetryVars {
+    attempts: "KEEL_REDIS_RETRY_ATTEMPTS",
+    backoff: "KEEL_REDIS_RETRY_BACKOFF",
+    budget_ratio: "KEEL_REDIS_RETRY_BUDGET",
+    budget_min_per_sec: "KEEL_REDIS_RETRY_MIN_PER_SEC",
+};
+
+/// See [`RedisConfig::retry`].
+const RETRY_DEFAULTS: RetrySettings = RetrySettings {
+    attempts: 2,
+    backoff: Duration::from_millis(5),
+    budget_ratio: 0.1,
+    budget_min_per_sec: 10,
+};
 
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -70,22 +107,30 @@ pub struct RedisConfig {
     /// waiting reader. `0ms` turns waiting off. At most the lease TTL: past the lease's
     /// life, nobody is filling the entry any more.
     pub lease_wait: Duration,
-    /// `KEEL_REDIS_BREAKER_FAILURE_RATE`: the share of failed calls, among the last
-    /// `breaker_window` calls, that opens the circuit breaker around Redis; while it is open,
-    /// requests go straight to Postgres without paying a timeout each. At one half, a
-    /// scattering of timeouts leaves the cache in use, while a Redis that fails as often as
-    /// it answers is bypassed.
-    pub breaker_failure_rate: f64,
-    /// `KEEL_REDIS_BREAKER_WINDOW`: how many recent calls the breaker judges; it opens only
-    /// once the window holds at least half this many, so that the first failures of a quiet
-    /// instance do not trip it. Twenty calls pass in a fraction of a second under load, so
-    /// the breaker reacts quickly, yet one or two failures never open it alone.
-    pub breaker_window: usize,
-    /// `KEEL_REDIS_BREAKER_COOLDOWN`: how long the breaker stays open before it lets one
-    /// trial call through (half-open). Five seconds is about what a Redis restart or
-    /// failover takes, so a recovering server is not hammered, and the cache returns soon
-    /// after Redis does.
-    pub breaker_cooldown: Duration,
+    /// `KEEL_REDIS_BREAKER_*`: the circuit breaker around Redis; while it is open, requests
+    /// go straight to Postgres without paying a timeout each. The defaults, for a server
+    /// that answers in well under a millisecond behind a 50ms timeout:
+    ///
+    /// * failure rate one half: a scattering of timeouts leaves the cache in use, while a
+    ///   Redis that fails as often as it answers is bypassed;
+    /// * a call slower than 25ms (half the command timeout, fifty times a normal answer) is
+    ///   slow, and four slow calls in five open the breaker: a Redis that answers that
+    ///   slowly costs more than the Postgres read it stands in front of. Four in five, not
+    ///   one in two, because an instance starved of CPU sees its own calls as slow, and
+    ///   turning its cache off then would add load where there is least room;
+    /// * a window of 20 calls, judged from 10: they pass in a fraction of a second under
+    ///   load, yet one or two failures never open it alone;
+    /// * a cooldown of 5s, about what a Redis restart or failover takes;
+    /// * 3 probes half-open: one lucky call does not close it, and three calls are nothing
+    ///   to a Redis that is back.
+    pub breaker: BreakerSettings,
+    /// `KEEL_REDIS_RETRY_*`: how the cache's idempotent calls (reads, invalidations) are
+    /// retried when the connection failed (`crate::cache` says which and why). One retry,
+    /// after up to 5ms: a dropped connection is replaced in about a round trip, and a
+    /// request must not wait longer for the cache than for Postgres. The budget (one call
+    /// in ten, plus ten a second) keeps retries from doubling the load on a Redis that is
+    /// down.
+    pub retry: RetrySettings,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -102,9 +147,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("cache_ttl", &self.cache_ttl)
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_wait", &self.lease_wait)
-            .field("breaker_failure_rate", &self.breaker_failure_rate)
-            .field("breaker_window", &self.breaker_window)
-            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("breaker", &self.breaker)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
@@ -143,14 +187,8 @@ impl RedisConfig {
             cache_ttl: vars.duration_range("KEEL_CACHE_TTL", secs(300), secs(1), secs(86_400))?,
             lease_ttl: vars.duration_range("KEEL_CACHE_LEASE_TTL", secs(2), ms(10), secs(60))?,
             lease_wait: vars.duration_range("KEEL_CACHE_LEASE_WAIT", ms(100), ms(0), secs(10))?,
-            breaker_failure_rate: read_failure_rate(vars)?,
-            breaker_window: vars.range("KEEL_REDIS_BREAKER_WINDOW", 20, 2, 1000)?,
-            breaker_cooldown: vars.duration_range(
-                "KEEL_REDIS_BREAKER_COOLDOWN",
-                secs(5),
-                ms(100),
-                secs(600),
-            )?,
+            breaker: BreakerSettings::read(vars, &BREAKER_VARS, BREAKER_DEFAULTS)?,
+            retry: RetrySettings::read(vars, &RETRY_VARS, RETRY_DEFAULTS)?,
         };
         if redis.lease_wait > redis.lease_ttl {
             return Err(error(
@@ -196,20 +234,6 @@ fn read_url(vars: &Vars<'_>) -> Result<SecretString, ConfigError> {
     Ok(url.into())
 }
 
-fn read_failure_rate(vars: &Vars<'_>) -> Result<f64, ConfigError> {
-    const VAR: &str = "KEEL_REDIS_BREAKER_FAILURE_RATE";
-    let rate: f64 = vars.parse(VAR, 0.5)?;
-    // Written so that NaN fails it too.
-    let in_range = rate > 0.0 && rate <= 1.0;
-    if !in_range {
-        return Err(error(
-            VAR,
-            format!("{rate} is not a share of calls: above 0, at most 1"),
-        ));
-    }
-    Ok(rate)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,9 +259,12 @@ mod tests {
         assert_eq!(redis.cache_ttl, Duration::from_secs(300));
         assert_eq!(redis.lease_ttl, Duration::from_secs(2));
         assert_eq!(redis.lease_wait, Duration::from_millis(100));
-        assert_eq!(redis.breaker_failure_rate, 0.5);
-        assert_eq!(redis.breaker_window, 20);
-        assert_eq!(redis.breaker_cooldown, Duration::from_secs(5));
+        assert_eq!(redis.breaker, BREAKER_DEFAULTS);
+        assert_eq!(redis.breaker.failure_rate, 0.5);
+        assert_eq!(redis.breaker.window, 20);
+        assert_eq!(redis.breaker.min_calls, 10);
+        assert_eq!(redis.breaker.cooldown, Duration::from_secs(5));
+        assert_eq!(redis.retry, RETRY_DEFAULTS);
     }
 
     #[test]
@@ -292,6 +319,14 @@ mod tests {
             ("KEEL_REDIS_BREAKER_COOLDOWN", "99ms"),
             ("KEEL_REDIS_BREAKER_COOLDOWN", "11m"),
             ("KEEL_REDIS_BREAKER_COOLDOWN", "5"),
+            ("KEEL_REDIS_BREAKER_SLOW_CALL_RATE", "0"),
+            ("KEEL_REDIS_BREAKER_SLOW_CALL_DURATION", "0ms"),
+            ("KEEL_REDIS_BREAKER_MIN_CALLS", "21"),
+            ("KEEL_REDIS_BREAKER_HALF_OPEN_CALLS", "0"),
+            ("KEEL_REDIS_RETRY_ATTEMPTS", "0"),
+            ("KEEL_REDIS_RETRY_BACKOFF", "soon"),
+            ("KEEL_REDIS_RETRY_BUDGET", "2"),
+            ("KEEL_REDIS_RETRY_MIN_PER_SEC", "-1"),
         ];
         for (var, value) in refused {
             assert_eq!(var_of(&[(var, value)]), var, "{var}={value:?}");
@@ -316,14 +351,15 @@ mod tests {
             ("KEEL_CACHE_LEASE_WAIT", "0ms"),
             ("KEEL_REDIS_BREAKER_FAILURE_RATE", "1"),
             ("KEEL_REDIS_BREAKER_WINDOW", "2"),
+            ("KEEL_REDIS_BREAKER_MIN_CALLS", "2"),
             ("KEEL_REDIS_BREAKER_COOLDOWN", "10m"),
         ]);
         assert_eq!(redis.prefix.len(), MAX_PREFIX_BYTES);
         assert_eq!(redis.pool_size, 1024);
         assert_eq!(redis.cache_ttl, Duration::from_secs(86_400));
         assert_eq!(redis.lease_wait, Duration::ZERO);
-        assert_eq!(redis.breaker_failure_rate, 1.0);
-        assert_eq!(redis.breaker_cooldown, Duration::from_secs(600));
+        assert_eq!(redis.breaker.failure_rate, 1.0);
+        assert_eq!(redis.breaker.cooldown, Duration::from_secs(600));
     }
 
     #[test]

@@ -52,7 +52,7 @@ use sqlx::postgres::{
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
-use crate::resilience::deadline;
+use crate::resilience::{Breaker, Permit, deadline};
 use crate::telemetry;
 use crate::telemetry::metrics::{DB_PENDING, names};
 
@@ -60,11 +60,20 @@ use crate::telemetry::metrics::{DB_PENDING, names};
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: PgPool,
+    /// Opens while Postgres cannot be reached, so that requests fail at once with 503
+    /// instead of each waiting out `KEEL_DB_ACQUIRE_TIMEOUT` for a connection that will
+    /// not come.
+    breaker: Breaker,
 }
 
 impl Db {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, breaker: Breaker) -> Self {
+        Self { pool, breaker }
+    }
+
+    /// The breaker in front of Postgres, for readiness.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// The pool itself, for what is not a statement: LISTEN, COPY, migrations, gauges.
@@ -76,9 +85,13 @@ impl Db {
     /// transaction's statements are cut to its deadline (see the module docs).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let timeout = StatementTimeout::now()?;
+        let permit = self.breaker.try_acquire().ok_or_else(breaker_open)?;
         let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", timeout.millis());
         let waiting = Waiting::start();
-        let tx = within_deadline(self.pool.begin_with(sqlx::AssertSqlSafe(begin))).await;
+        let tx = settle(
+            permit,
+            within_deadline(self.pool.begin_with(sqlx::AssertSqlSafe(begin))).await,
+        );
         waiting.done();
         Ok(Tx(tx?))
     }
@@ -222,16 +235,53 @@ async fn timed<T>(
 }
 
 async fn on_pool(
-    pool: PgPool,
+    db: Db,
     statement: Statement,
     optional: bool,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
     let timeout = StatementTimeout::now()?;
+    let permit = db.breaker.try_acquire().ok_or_else(breaker_open)?;
     let waiting = Waiting::start();
-    let mut conn = within_deadline(pool.acquire()).await?;
+    let conn = within_deadline(db.pool.acquire()).await;
     waiting.done();
+    let mut conn = settle(permit, conn)?;
     timeout.apply(&mut conn).await?;
     run(&mut conn, statement, optional).await
+}
+
+/// The error of a call the breaker refused: an I/O error, so that it is a 503 like the
+/// unreachable server it stands for.
+fn breaker_open() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(
+        "Postgres circuit breaker open: not waiting for a connection",
+    ))
+}
+
+/// Settles the breaker's permit on the outcome of getting a connection: the breaker
+/// judges whether Postgres can be reached, not what statements do. A wait cut short by
+/// the request's deadline says nothing about the server and counts as neither.
+fn settle<T>(permit: Permit, result: Result<T, DeadlineOr>) -> Result<T, sqlx::Error> {
+    match result {
+        Ok(value) => {
+            permit.success();
+            Ok(value)
+        }
+        Err(DeadlineOr::Deadline) => Err(sqlx::Error::PoolTimedOut),
+        Err(DeadlineOr::Sqlx(e)) => {
+            if super::is_unavailable(&e) {
+                permit.failure();
+            } else {
+                permit.success();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A connection's wait ended by the request's deadline, or sqlx's own error.
+enum DeadlineOr {
+    Deadline,
+    Sqlx(sqlx::Error),
 }
 
 /// The `statement_timeout` a checkout runs under: what is left of the request's deadline,
@@ -288,12 +338,13 @@ impl StatementTimeout {
 /// `KEEL_DB_ACQUIRE_TIMEOUT` bounds it otherwise).
 async fn within_deadline<T>(
     acquire: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
+) -> Result<T, DeadlineOr> {
     match deadline::remaining() {
-        None => acquire.await,
-        Some(left) => tokio::time::timeout(left, acquire)
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut)),
+        None => acquire.await.map_err(DeadlineOr::Sqlx),
+        Some(left) => match tokio::time::timeout(left, acquire).await {
+            Ok(result) => result.map_err(DeadlineOr::Sqlx),
+            Err(_) => Err(DeadlineOr::Deadline),
+        },
     }
 }
 
@@ -353,12 +404,12 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let statement = Statement::take(query);
-        let pool = self.pool.clone();
+        let db = self.clone();
         into_stream(
             async move {
                 let statement = statement?;
                 let span = statement.span();
-                on_pool(pool, statement, false).instrument(span).await
+                on_pool(db, statement, false).instrument(span).await
             }
             .boxed(),
         )
@@ -373,11 +424,11 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let statement = Statement::take(query);
-        let pool = self.pool.clone();
+        let db = self.clone();
         first_row(async move {
             let statement = statement?;
             let span = statement.span();
-            on_pool(pool, statement, true).instrument(span).await
+            on_pool(db, statement, true).instrument(span).await
         })
     }
 

@@ -1,5 +1,14 @@
-//! Connections to RabbitMQ: opened with a deadline, re-opened with backoff and jitter, and
-//! probed for readiness.
+//! Connections to RabbitMQ: opened with a deadline, through the circuit breaker around the
+//! broker, re-opened with backoff and jitter, and probed for readiness.
+//!
+//! The breaker (`rabbitmq`) judges every connection Keel opens to the broker (the relay's,
+//! the worker's, readiness's) and every batch the relay publishes (`relay`). While it is
+//! open no connection is tried and the relay publishes nothing: jobs wait in the outbox,
+//! writes go on succeeding, and readiness reports RabbitMQ `down`.
+//!
+//! Connection setup is not retried here with the retry budget (`crate::resilience::Retry`):
+//! every caller already loops on it, with exponential backoff and full jitter
+//! ([`Backoff`]), and a second retry loop inside the first would only multiply the attempts.
 //!
 //! The relay and the worker each own a connection and their own reconnect loop (see
 //! `relay`, `worker`) rather than lapin's automatic recovery: a reconnect here re-declares
@@ -16,8 +25,12 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Mutex;
 
 use crate::config::JobsConfig;
+use crate::resilience::{Breaker, BreakerState, BreakerSwitch};
 
-/// Opens connections to the broker. Cloning shares the probe's connection.
+/// What a call refused by the breaker fails with.
+pub const BREAKER_OPEN: &str = "rabbitmq: circuit breaker open";
+
+/// Opens connections to the broker. Cloning shares the probe's connection and the breaker.
 #[derive(Clone)]
 pub struct Broker(Arc<Inner>);
 
@@ -26,34 +39,56 @@ struct Inner {
     connect_timeout: Duration,
     min_delay: Duration,
     max_delay: Duration,
+    /// The circuit breaker around the broker, shared by every connection and by the relay.
+    breaker: Breaker,
     /// The connection readiness probes reuse while it stays open.
     probe: Mutex<Option<Connection>>,
 }
 
 impl Broker {
-    pub fn new(config: &JobsConfig) -> Self {
+    /// The broker of `config`, its breaker following `breakers` (the `circuit_breaker` fix
+    /// flag, `Flags::breaker_switch`).
+    pub fn new(config: &JobsConfig, breakers: &BreakerSwitch) -> Self {
         Self(Arc::new(Inner {
             url: config.amqp_url.clone(),
             connect_timeout: config.connect_timeout,
             min_delay: config.reconnect_min_delay,
             max_delay: config.reconnect_max_delay,
+            breaker: Breaker::new("rabbitmq", config.amqp_breaker).with_switch(breakers),
             probe: Mutex::new(None),
         }))
     }
 
     /// Opens a connection named `name` (the broker's UI shows it), within the connect
-    /// timeout.
+    /// timeout; refused at once while the breaker is open.
     pub async fn connect(&self, name: &str) -> Result<Connection, String> {
+        let Some(permit) = self.0.breaker.try_acquire() else {
+            return Err(BREAKER_OPEN.to_owned());
+        };
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connect = Connection::connect(self.0.url.expose_secret(), properties);
         match tokio::time::timeout(self.0.connect_timeout, connect).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => Err(format!("rabbitmq: {e}")),
-            Err(_) => Err(format!(
-                "rabbitmq: no connection within {:?}",
-                self.0.connect_timeout
-            )),
+            Ok(Ok(connection)) => {
+                permit.success();
+                Ok(connection)
+            }
+            Ok(Err(e)) => {
+                permit.failure();
+                Err(format!("rabbitmq: {e}"))
+            }
+            Err(_) => {
+                permit.failure();
+                Err(format!(
+                    "rabbitmq: no connection within {:?}",
+                    self.0.connect_timeout
+                ))
+            }
         }
+    }
+
+    /// The circuit breaker around the broker: the relay takes a permit per batch.
+    pub fn breaker(&self) -> &Breaker {
+        &self.0.breaker
     }
 
     /// A fresh backoff for a reconnect loop.
@@ -65,8 +100,12 @@ impl Broker {
         }
     }
 
-    /// Readiness: up while a connection opens (one is kept open between probes).
+    /// Readiness: up while a connection opens (one is kept open between probes) and the
+    /// breaker is not open (an open breaker counts as down: Keel is not using the broker).
     pub async fn probe(&self) -> Result<(), String> {
+        if self.0.breaker.state() == BreakerState::Open {
+            return Err(BREAKER_OPEN.to_owned());
+        }
         let mut held = self.0.probe.lock().await;
         if held.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());

@@ -1,6 +1,25 @@
 //! The mail transport: SMTP through lettre when `SMTP_URL` is set, else `.eml` files in
 //! `KEEL_MAILBOX_DIR` (so a run with no SMTP server works end to end), and the one email
 //! Keel sends.
+//!
+//! # When the SMTP server is down
+//!
+//! Every send passes a circuit breaker (`smtp`). While it is open, a send fails at once as a
+//! transient error, without touching the network: the worker puts the job in its retry
+//! queue, and the naive inline path (`async_jobs` off) records it in the outbox — in both
+//! cases as it would after an SMTP timeout, only without the wait. Nothing is lost, and a
+//! request on the naive path is not held up by a server that is known to be down. What
+//! counts against the server: a transient error (4xx, a connection or timeout failure) and
+//! a slow send; a permanent refusal (5xx: a bad address) is the server working.
+//!
+//! A send is not retried here: the job is, through its retry queues, whose delays outlast
+//! a mail server's restart. An immediate retry would help only against a connection that
+//! died idle, which lettre's pool already tests before use, and a send that failed after
+//! the message was handed over may have been delivered.
+//!
+//! Inside a request (the naive path), a send is cut to what is left of the request's
+//! deadline (`crate::resilience::deadline`); lettre's own `KEEL_SMTP_TIMEOUT` bounds each
+//! command.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +31,7 @@ use uuid::Uuid;
 
 use crate::config::JobsConfig;
 use crate::db::jobs::AssignmentMail;
+use crate::resilience::{Breaker, BreakerState, BreakerSwitch, deadline};
 
 /// Why a send failed, as the retry policy sees it.
 #[derive(Debug)]
@@ -22,7 +42,10 @@ pub enum MailError {
     Permanent(String),
 }
 
-/// Where emails go. Cloning shares the transport (and its connection pool).
+/// What a send refused by the breaker fails with.
+const BREAKER_OPEN: &str = "smtp: circuit breaker open";
+
+/// Where emails go. Cloning shares the transport (and its connection pool, and its breaker).
 #[derive(Clone)]
 pub struct Mailer(Arc<Transport>);
 
@@ -30,6 +53,7 @@ enum Transport {
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         from: Mailbox,
+        breaker: Breaker,
     },
     Mailbox {
         dir: PathBuf,
@@ -38,7 +62,9 @@ enum Transport {
 }
 
 impl Mailer {
-    pub fn new(config: &JobsConfig) -> anyhow::Result<Self> {
+    /// The transport of `config`; an SMTP one passes a breaker that follows `breakers` (the
+    /// `circuit_breaker` fix flag, `Flags::breaker_switch`).
+    pub fn new(config: &JobsConfig, breakers: &BreakerSwitch) -> anyhow::Result<Self> {
         let from = config.smtp_from.clone();
         let transport = match config.smtp() {
             Some(url) => Transport::Smtp {
@@ -46,6 +72,7 @@ impl Mailer {
                     .timeout(Some(config.smtp_timeout))
                     .build(),
                 from,
+                breaker: Breaker::new("smtp", config.smtp_breaker).with_switch(breakers),
             },
             None => Transport::Mailbox {
                 dir: config.mailbox_dir.clone(),
@@ -53,6 +80,30 @@ impl Mailer {
             },
         };
         Ok(Self(Arc::new(transport)))
+    }
+
+    /// Whether emails go to an SMTP server (which readiness then probes).
+    pub fn is_smtp(&self) -> bool {
+        matches!(&*self.0, Transport::Smtp { .. })
+    }
+
+    /// For readiness: the breaker is not open (an open breaker counts as down), and the
+    /// server answers a `NOOP` on a pooled connection. Always up with the mailbox transport.
+    pub async fn probe(&self) -> Result<(), String> {
+        let Transport::Smtp {
+            transport, breaker, ..
+        } = &*self.0
+        else {
+            return Ok(());
+        };
+        if breaker.state() == BreakerState::Open {
+            return Err(BREAKER_OPEN.to_owned());
+        }
+        match transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("smtp: the server did not answer NOOP".to_owned()),
+            Err(e) => Err(format!("smtp: {e}")),
+        }
     }
 
     /// The `Message-ID` of job `job_id`'s email: the same on every send of it.
@@ -88,11 +139,37 @@ impl Mailer {
 
     async fn deliver(&self, job_id: Uuid, message: Message) -> Result<(), MailError> {
         match &*self.0 {
-            Transport::Smtp { transport, .. } => match transport.send(message).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
-                Err(e) => Err(MailError::Transient(e.to_string())),
-            },
+            Transport::Smtp {
+                transport, breaker, ..
+            } => {
+                let Some(permit) = breaker.try_acquire() else {
+                    return Err(MailError::Transient(BREAKER_OPEN.into()));
+                };
+                let send = transport.send(message);
+                let sent = match deadline::remaining() {
+                    Some(left) => tokio::time::timeout(left, send).await,
+                    None => Ok(send.await),
+                };
+                match sent {
+                    Ok(Ok(_)) => {
+                        permit.success();
+                        Ok(())
+                    }
+                    Ok(Err(e)) if e.is_permanent() => {
+                        permit.success();
+                        Err(MailError::Permanent(e.to_string()))
+                    }
+                    Ok(Err(e)) => {
+                        permit.failure();
+                        Err(MailError::Transient(e.to_string()))
+                    }
+                    // Cut by the request's deadline: that says nothing about the server, so
+                    // the permit is dropped unsettled.
+                    Err(_) => Err(MailError::Transient(
+                        "smtp: the request's deadline came first".into(),
+                    )),
+                }
+            }
             Transport::Mailbox { dir, .. } => write_eml(dir, job_id, &message.formatted())
                 .await
                 .map_err(|e| MailError::Transient(format!("mailbox {}: {e}", dir.display()))),
@@ -205,7 +282,7 @@ mod tests {
             config.jobs.smtp_url = None;
             config.jobs
         };
-        let mailer = Mailer::new(&config).unwrap();
+        let mailer = Mailer::new(&config, &BreakerSwitch::default()).unwrap();
         let job = Uuid::now_v7();
         for _ in 0..2 {
             mailer

@@ -14,7 +14,9 @@
 //!
 //! The relay wakes on `NOTIFY keel_outbox` (sent by a trigger on commit) and polls every
 //! `KEEL_OUTBOX_POLL_INTERVAL` as the fallback. While the broker is down it reconnects with
-//! backoff; jobs wait in the outbox meanwhile, and writes go on succeeding.
+//! backoff; jobs wait in the outbox meanwhile, and writes go on succeeding. Each batch is
+//! one call through the breaker around the broker (`broker`): while it is open, the relay
+//! publishes nothing and the rows wait, untouched, until a pass after the cooldown.
 
 use std::time::Duration;
 
@@ -56,6 +58,12 @@ impl std::fmt::Display for RelayError {
             RelayError::Postgres(e) => write!(f, "postgres: {e}"),
         }
     }
+}
+
+/// Whether the broker took a batch (see [`Relay::publish`]).
+enum Taken {
+    All,
+    NotAll,
 }
 
 /// The channel the outbox trigger notifies (migration 0007).
@@ -159,7 +167,9 @@ impl Relay {
         }
     }
 
-    /// One pass over the outbox (module doc); returns how many rows it claimed.
+    /// One pass over the outbox (module doc); returns how many rows it handled: the rows it
+    /// claimed, less those it left for a later pass because the breaker around the broker
+    /// is open.
     pub async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
         let db_error = RelayError::Postgres;
         let mut tx = self.db.begin().await.map_err(db_error)?;
@@ -171,16 +181,63 @@ impl Relay {
         }
         let mut done = Vec::with_capacity(rows.len());
         let mut failed: Vec<(Uuid, String)> = Vec::new();
-        let mut pending = Vec::new();
-        let exchange = self.topology.exchange();
-        for row in &rows {
-            if row.kind == Kind::CacheInvalidate.name() {
-                match self.repeat_invalidation(row).await {
-                    Ok(()) => done.push(row.id),
-                    Err(e) => failed.push((row.id, e)),
-                }
-                continue;
+        let (invalidations, queued): (Vec<&OutboxRow>, Vec<&OutboxRow>) = rows
+            .iter()
+            .partition(|row| row.kind == Kind::CacheInvalidate.name());
+        for row in &invalidations {
+            match self.repeat_invalidation(row).await {
+                Ok(()) => done.push(row.id),
+                Err(e) => failed.push((row.id, e)),
             }
+        }
+        let mut handled = invalidations.len();
+        if !queued.is_empty() {
+            // One call to the broker, for its breaker: this batch's publishes and confirms.
+            // Refused, the rows are left as they are (not failed: the broker never saw
+            // them), and the commit below releases them for a pass after the cooldown.
+            if let Some(permit) = self.broker.breaker().try_acquire() {
+                match self
+                    .publish(publisher, &queued, &mut done, &mut failed)
+                    .await
+                {
+                    Ok(Taken::All) => permit.success(),
+                    Ok(Taken::NotAll) => permit.failure(),
+                    Err(e) => {
+                        permit.failure();
+                        return Err(e.into());
+                    }
+                }
+                handled += queued.len();
+            }
+        }
+        db::outbox::mark_published(tx.exec(), &done)
+            .await
+            .map_err(db_error)?;
+        for (id, error) in &failed {
+            let attempts = rows.iter().find(|r| r.id == *id).map_or(0, |r| r.attempts);
+            let retry_at = Utc::now() + retry_after(attempts);
+            db::outbox::mark_failed(tx.exec(), &[*id], error, retry_at)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(handled)
+    }
+
+    /// Publishes `rows` and waits for every confirm, adding each row to `done` or `failed`.
+    /// Whether the broker took every row that it could route: a nack is the broker failing
+    /// (a quorum queue without a majority); a returned message is a topology problem, not
+    /// the broker's health.
+    async fn publish(
+        &self,
+        publisher: &Publisher,
+        rows: &[&OutboxRow],
+        done: &mut Vec<Uuid>,
+        failed: &mut Vec<(Uuid, String)>,
+    ) -> Result<Taken, String> {
+        let mut pending = Vec::with_capacity(rows.len());
+        let exchange = self.topology.exchange();
+        for row in rows {
             let span = publish_span(row);
             let confirm = publisher
                 .send(
@@ -201,6 +258,7 @@ impl Relay {
                 .await?;
             pending.push((row, confirm, span));
         }
+        let mut taken = Taken::All;
         for (row, confirm, span) in pending {
             let sent = publisher
                 .confirmed(confirm)
@@ -216,23 +274,15 @@ impl Relay {
             match sent {
                 Sent::Confirmed => done.push(row.id),
                 other => {
+                    if other == Sent::Nacked {
+                        taken = Taken::NotAll;
+                    }
                     span.record("otel.status_code", "ERROR");
                     failed.push((row.id, format!("{other:?}")));
                 }
             }
         }
-        db::outbox::mark_published(tx.exec(), &done)
-            .await
-            .map_err(db_error)?;
-        for (id, error) in &failed {
-            let attempts = rows.iter().find(|r| r.id == *id).map_or(0, |r| r.attempts);
-            let retry_at = Utc::now() + retry_after(attempts);
-            db::outbox::mark_failed(tx.exec(), &[*id], error, retry_at)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(rows.len())
+        Ok(taken)
     }
 
     async fn repeat_invalidation(&self, row: &OutboxRow) -> Result<(), String> {

@@ -41,6 +41,9 @@ pub mod names {
     pub const CACHE_LOAD_DURATION: &str = "keel_cache_load_duration_seconds";
     pub const BREAKER_STATE: &str = "keel_breaker_state";
     pub const BREAKER_TRANSITIONS: &str = "keel_breaker_transitions_total";
+    pub const BREAKER_CALLS: &str = "keel_breaker_calls_total";
+    pub const RETRIES: &str = "keel_retries_total";
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "keel_retry_budget_exhausted_total";
     pub const OUTBOX_BACKLOG: &str = "keel_outbox_backlog";
     pub const OUTBOX_OLDEST_AGE: &str = "keel_outbox_oldest_age_seconds";
     pub const OUTBOX_PUBLISHED: &str = "keel_outbox_published_total";
@@ -173,7 +176,7 @@ fn describe() {
     );
     describe_counter!(
         CACHE_ERRORS,
-        "Redis calls of the cache that failed or were not made, by operation and reason (redis, breaker_open)"
+        "Redis calls of the cache that failed or were not made, by operation and reason (redis, breaker_open, pool_busy, deadline: the request's deadline cut it)"
     );
     describe_counter!(
         CACHE_INVALIDATIONS,
@@ -207,6 +210,15 @@ fn describe() {
     describe_counter!(
         DEADLINE_EXCEEDED,
         "Requests answered 503 because their deadline passed, by route class"
+    );
+    describe_counter!(
+        BREAKER_CALLS,
+        "Calls through each circuit breaker, by breaker and outcome (success, failure, slow: succeeded too slowly, rejected: refused while open)"
+    );
+    describe_counter!(RETRIES, "Retries of idempotent calls, by dependency");
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries not made because the dependency's retry budget was spent, by dependency"
     );
 }
 

@@ -164,7 +164,8 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
             "cache",
             "async_jobs",
             "timeouts",
-            "load_shedding"
+            "load_shedding",
+            "circuit_breaker"
         ]
     );
     assert!(flags.iter().all(|f| f["enabled"] == true));
@@ -178,12 +179,13 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
             "async_jobs",
             "batch_loading",
             "cache",
+            "circuit_breaker",
             "load_shedding",
             "timeouts"
         ]
     );
     // A design flag whose fix has not landed is not a switch: it does not exist yet.
-    for unbuilt in ["rate_limit", "circuit_breaker"] {
+    for unbuilt in ["rate_limit"] {
         let response = set_flag(&app, unbuilt, false).await;
         assert_problem(response, StatusCode::NOT_FOUND).await;
     }
@@ -200,6 +202,7 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="batch_loading"}"#));
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="cache"}"#));
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="async_jobs"}"#));
+    assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="circuit_breaker"}"#));
     assert!(
         !metrics.contains(r#"flag="rate_limit""#),
         "no gauge for an unbuilt fix"

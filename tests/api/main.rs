@@ -8,6 +8,7 @@
 
 mod admin;
 mod authorization;
+mod breakers;
 mod cache;
 mod comments;
 mod config;
