@@ -16,6 +16,8 @@
 //! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) `redis.rs`
 //! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis) and
 //! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
+//! `idempotency.rs` ([`IdempotencyConfig`]: how long idempotency keys live, how long a
+//! duplicate waits for the first request).
 //! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
 //! this file composes the sections. They are read in a fixed order (environment, log,
 //! telemetry, http, auth, flags, database, redis, jobs) and the first bad value wins. No check
@@ -50,6 +52,7 @@ mod database;
 mod flags;
 mod guardrails;
 mod http;
+mod idempotency;
 mod jobs;
 mod log;
 mod redis;
@@ -61,6 +64,7 @@ pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
 pub use guardrails::{Criticality, CriticalityOverride, GuardrailsConfig, RouteClass};
 pub use http::HttpConfig;
+pub use idempotency::IdempotencyConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;
@@ -83,6 +87,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
     pub guardrails: GuardrailsConfig,
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Config {
@@ -108,6 +113,7 @@ impl Config {
         let redis = RedisConfig::read(&vars)?;
         let jobs = JobsConfig::read(&vars)?;
         let guardrails = GuardrailsConfig::read(&vars)?;
+        let idempotency = IdempotencyConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
@@ -119,6 +125,7 @@ impl Config {
             auth,
             flags,
             guardrails,
+            idempotency,
         })
     }
 
