@@ -48,6 +48,7 @@ pub mod names {
     pub const JOBS_FINISHED: &str = "keel_jobs_finished_total";
     pub const JOB_DURATION: &str = "keel_job_duration_seconds";
     pub const QUEUE_DEPTH: &str = "keel_queue_depth";
+    pub const IDEMPOTENCY_REQUESTS: &str = "keel_idempotency_requests_total";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -187,6 +188,10 @@ fn describe() {
     describe_counter!(
         BREAKER_TRANSITIONS,
         "Circuit breaker transitions, by breaker and the state entered"
+    );
+    describe_counter!(
+        IDEMPOTENCY_REQUESTS,
+        "Creates that carried an Idempotency-Key, by route and outcome (recorded: the first, its response stored; replayed: a repeat answered with it; mismatched: the key reused with another request, 422; in_flight: the first still running, 409; malformed: 422)"
     );
 }
 

@@ -15,6 +15,7 @@ mod config_docs;
 mod explain;
 mod hardening;
 mod helpers;
+mod idempotency;
 mod job_traces;
 mod jobs;
 mod layers;
