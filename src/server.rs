@@ -219,6 +219,12 @@ fn start_background(state: &AppState, role: Role) -> Background {
             telemetry::metrics::run_upkeep(handle, stop)
         });
     }
+    if role.serves_api() {
+        let (db, config) = (state.db.clone(), state.config.idempotency);
+        background.spawn("idempotency-key pruner", move |stop| {
+            api::idempotency::run_pruner(db, config, stop)
+        });
+    }
     if role.runs_jobs() {
         let config = state.config.clone();
         let relay = Relay::new(

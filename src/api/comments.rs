@@ -1,7 +1,7 @@
 //! Comments: `/v1/tasks/{id}/comments`, oldest first.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::TaskAccess;
+use super::idempotency::{Caller, Claim, Created, IdempotencyKeyHeader, Idempotent};
 use super::pagination::{Page, PageParams};
 use crate::cache::Stale;
 use crate::db::{self, Db, Keyset};
@@ -73,7 +74,7 @@ impl From<db::comments::Comment> for CommentBody {
     path = "/v1/tasks/{id}/comments",
     tag = "comments",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The task's id")),
+    params(("id" = Uuid, Path, description = "The task's id"), IdempotencyKeyHeader),
     request_body = CreateComment,
     responses(
         (status = 201, description = "The new comment", body = CommentBody),
@@ -85,10 +86,17 @@ async fn create_comment(
     State(db): State<Db>,
     State(jobs): State<Jobs>,
     access: TaskAccess,
-    AppJson(body): AppJson<CreateComment>,
-) -> Result<(StatusCode, AppJson<CommentBody>), ApiError> {
+    Idempotent(idempotency, body): Idempotent<CreateComment>,
+) -> Result<Response, ApiError> {
     let text = CommentText::parse(body.body).map_err(|e| ApiError::invalid("body", e))?;
     let mut tx = db.begin().await?;
+    let recorder = match idempotency
+        .claim(&mut tx, Caller::User(access.user_id))
+        .await?
+    {
+        Claim::Fresh(recorder) => recorder,
+        Claim::Answered(response) => return Ok(response),
+    };
     let comment = db::comments::create(
         tx.exec(),
         Uuid::now_v7(),
@@ -98,9 +106,11 @@ async fn create_comment(
     )
     .await
     .on_constraint(db::comments::TASK_FKEY, || ApiError::NotFound("task"))?;
+    let created = Created::json(&CommentBody::from(comment))?;
+    recorder.record(&mut tx, &created).await?;
     jobs.commit(tx, Vec::new(), &[Stale::CommentCount(access.task_id)])
         .await?;
-    Ok((StatusCode::CREATED, AppJson(comment.into())))
+    Ok(created.into_response())
 }
 
 /// A task's comments, oldest first.

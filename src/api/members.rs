@@ -7,6 +7,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,6 +16,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{AnyMember, OwnerOrAdmin, ProjectAccess};
+use super::idempotency::{Caller, Claim, Created, IdempotencyKeyHeader, Idempotent};
 use crate::cache::Stale;
 use crate::db::{self, Db};
 use crate::domain::{Email, Role};
@@ -140,7 +142,7 @@ async fn list_members(
     path = "/v1/projects/{id}/members",
     tag = "members",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The project's id")),
+    params(("id" = Uuid, Path, description = "The project's id"), IdempotencyKeyHeader),
     request_body = AddMember,
     responses(
         (status = 201, description = "The new member", body = MemberBody),
@@ -154,13 +156,22 @@ async fn add_member(
     State(db): State<Db>,
     State(jobs): State<Jobs>,
     access: ProjectAccess<OwnerOrAdmin>,
-    AppJson(body): AppJson<AddMember>,
-) -> Result<(StatusCode, AppJson<MemberBody>), ApiError> {
+    Idempotent(idempotency, body): Idempotent<AddMember>,
+) -> Result<Response, ApiError> {
     let email = Email::parse(body.email).map_err(|e| ApiError::invalid("email", e))?;
-    let user = db::users::find_by_email(&db, email.as_str())
+    let mut tx = db.begin().await?;
+    let recorder = match idempotency
+        .claim(&mut tx, Caller::User(access.user_id))
+        .await?
+    {
+        Claim::Fresh(recorder) => recorder,
+        Claim::Answered(response) => return Ok(response),
+    };
+    // In the transaction, after the claim: a replay does not depend on the user still
+    // existing, and no second pooled connection is needed while the key is held.
+    let user = db::users::find_by_email(tx.exec(), email.as_str())
         .await?
         .ok_or(ApiError::NotFound("user with that email"))?;
-    let mut tx = db.begin().await?;
     let member = db::members::add(tx.exec(), access.project_id, user.id, body.role.into())
         .await
         .on_constraint(db::members::MEMBERS_PKEY, || ApiError::Conflict {
@@ -172,8 +183,10 @@ async fn add_member(
         project: access.project_id,
         user: user.id,
     }];
+    let created = Created::json(&MemberBody::from(member))?;
+    recorder.record(&mut tx, &created).await?;
     jobs.commit(tx, Vec::new(), &stale).await?;
-    Ok((StatusCode::CREATED, AppJson(member.into())))
+    Ok(created.into_response())
 }
 
 /// `/v1/projects/{id}/members/{user_id}`.

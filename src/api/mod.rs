@@ -17,6 +17,7 @@
 
 pub mod comments;
 pub mod extract;
+pub mod idempotency;
 pub mod members;
 pub mod openapi;
 pub mod pagination;

@@ -9,14 +9,19 @@
 //! * a request body → 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
 //! * query parameters → 422;
 //! * every operation → 503 (shed, or a dependency down);
+//! * an `Idempotency-Key` header parameter (the creates, `api::idempotency`) → 409 (the
+//!   key's first request is still running, with `Retry-After`), 422 (a malformed key, or
+//!   one used with another request), and `Idempotent-Replayed` on the 201;
 //! * every error response → an `application/problem+json` body (`Problem`);
 //! * every paginated list → a `next_page` link on its 200 response, saying that
 //!   `next_cursor` is the next request's `cursor` (clients and fuzzers can follow it).
 
+use std::collections::BTreeMap;
+
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
@@ -75,6 +80,7 @@ pub fn add_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
     for item in openapi.paths.paths.values_mut() {
         for operation in operations(item) {
             add_shape_errors(operation);
+            add_idempotency_responses(operation);
             attach_problem_bodies(operation);
             link_next_page(operation);
         }
@@ -123,6 +129,68 @@ fn add_shape_errors(operation: &mut Operation) {
     if has_query {
         add("422", "A query parameter is not acceptable (see `errors`)");
     }
+}
+
+/// What a create that takes an `Idempotency-Key` may answer besides its own responses
+/// (see `api::idempotency`); a description that is already there is extended.
+fn add_idempotency_responses(operation: &mut Operation) {
+    let keyed = operation.parameters.iter().flatten().any(|p| match p {
+        RefOr::T(p) => matches!(p.parameter_in, ParameterIn::Header) && p.name == "Idempotency-Key",
+        RefOr::Ref(_) => false,
+    });
+    if !keyed {
+        return;
+    }
+    let responses = &mut operation.responses.responses;
+    add_or_extend(
+        responses,
+        "422",
+        "the `Idempotency-Key` is malformed, or was used with a different request",
+    );
+    add_or_extend(
+        responses,
+        "409",
+        "a request with the same `Idempotency-Key` is still being processed; retry it unchanged after `Retry-After` seconds",
+    );
+    let headers = [
+        (
+            "409",
+            "Retry-After",
+            Type::Integer,
+            "Seconds to wait before retrying",
+        ),
+        (
+            "201",
+            "Idempotent-Replayed",
+            Type::String,
+            "`true` on a repeat with the same `Idempotency-Key`: the first response, replayed; nothing was created",
+        ),
+    ];
+    for (status, name, kind, description) in headers {
+        if let Some(RefOr::T(response)) = responses.get_mut(status) {
+            let header = HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(kind)))
+                .description(Some(description))
+                .build();
+            response.headers.insert(name.to_owned(), header.into());
+        }
+    }
+}
+
+/// Adds the response of `status` with `description`, or appends `description` to it.
+fn add_or_extend(
+    responses: &mut BTreeMap<String, RefOr<Response>>,
+    status: &str,
+    description: &str,
+) {
+    let response = match responses.remove(status) {
+        Some(RefOr::T(mut response)) => {
+            response.description = format!("{}; or: {description}", response.description);
+            response
+        }
+        _ => ResponseBuilder::new().description(description).build(),
+    };
+    responses.insert(status.to_owned(), response.into());
 }
 
 fn link_next_page(operation: &mut Operation) {

@@ -4,7 +4,7 @@
 //! `ProjectAccess<OwnerOnly>` on `delete` (see `extract.rs`).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, OwnerOnly, OwnerOrAdmin, ProjectAccess, not_null};
+use super::idempotency::{Caller, Claim, Created, IdempotencyKeyHeader, Idempotent};
 use super::pagination::{Page, PageParams};
 use crate::cache::Stale;
 use crate::db::projects::ProjectChanges;
@@ -87,6 +88,7 @@ impl From<db::projects::Project> for ProjectBody {
     path = "/v1/projects",
     tag = "projects",
     security(("bearer" = [])),
+    params(IdempotencyKeyHeader),
     request_body = CreateProject,
     responses((status = 201, description = "The new project", body = ProjectBody,
                headers(("Location" = String, description = "The project's URL")))),
@@ -95,8 +97,8 @@ impl From<db::projects::Project> for ProjectBody {
 async fn create_project(
     State(db): State<Db>,
     user: AuthUser,
-    AppJson(body): AppJson<CreateProject>,
-) -> Result<impl IntoResponse, ApiError> {
+    Idempotent(idempotency, body): Idempotent<CreateProject>,
+) -> Result<Response, ApiError> {
     let (name, description) = validate((
         ("name", ProjectName::parse(body.name)),
         (
@@ -104,8 +106,13 @@ async fn create_project(
             body.description.map(ProjectDescription::parse).transpose(),
         ),
     ))?;
+    let mut tx = db.begin().await?;
+    let recorder = match idempotency.claim(&mut tx, Caller::User(user.id)).await? {
+        Claim::Fresh(recorder) => recorder,
+        Claim::Answered(response) => return Ok(response),
+    };
     let project = db::projects::create(
-        &db,
+        tx.exec(),
         Uuid::now_v7(),
         name.as_str(),
         description.as_ref().map(ProjectDescription::as_str),
@@ -113,11 +120,10 @@ async fn create_project(
     )
     .await?;
     let location = format!("/v1/projects/{}", project.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        AppJson(ProjectBody::from(project)),
-    ))
+    let created = Created::json(&ProjectBody::from(project))?.at(location);
+    recorder.record(&mut tx, &created).await?;
+    tx.commit().await?;
+    Ok(created.into_response())
 }
 
 /// The caller's projects, newest first.

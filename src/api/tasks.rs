@@ -6,7 +6,7 @@
 //! `batch_loading` fix flag is off.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,10 +16,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{AnyMember, AuthUser, ProjectAccess, TaskAccess, not_null, present};
+use super::idempotency::{Caller, Claim, Created, IdempotencyKeyHeader, Idempotent};
 use super::pagination::{Page, PageParams, PageRequest};
 use crate::cache::Stale;
 use crate::db::tasks::{NewTask, Task, TaskChanges, TaskFilter};
-use crate::db::{self, Db, Keyset};
+use crate::db::{self, Db, Keyset, Tx};
 use crate::domain::{TaskDescription, TaskStatus, TaskTitle, validate};
 use crate::http::{ApiError, AppJson, AppQuery, AsDatabaseError, conditional_json};
 use crate::jobs::{self, Jobs};
@@ -231,7 +232,7 @@ async fn task_page(
     path = "/v1/projects/{id}/tasks",
     tag = "tasks",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The project's id")),
+    params(("id" = Uuid, Path, description = "The project's id"), IdempotencyKeyHeader),
     request_body = CreateTask,
     responses(
         (status = 201, description = "The new task", body = TaskBody,
@@ -243,8 +244,8 @@ async fn task_page(
 async fn create_task(
     State(state): State<AppState>,
     access: ProjectAccess<AnyMember>,
-    AppJson(body): AppJson<CreateTask>,
-) -> Result<impl IntoResponse, ApiError> {
+    Idempotent(idempotency, body): Idempotent<CreateTask>,
+) -> Result<Response, ApiError> {
     let (title, description, due_date) = validate((
         ("title", TaskTitle::parse(body.title)),
         (
@@ -261,21 +262,39 @@ async fn create_task(
         due_date,
     };
     let mut tx = state.db.begin().await?;
+    let recorder = match idempotency
+        .claim(&mut tx, Caller::User(access.user_id))
+        .await?
+    {
+        Claim::Fresh(recorder) => recorder,
+        Claim::Answered(response) => return Ok(response),
+    };
     let task = db::tasks::create(tx.exec(), Uuid::now_v7(), access.project_id, new)
         .await
         .map_err(task_write_error)?;
     let jobs = jobs::task_side_effects(task.id, task.project_id, task.assignee_id, true);
-    state
-        .jobs
-        .commit(tx, jobs, &[Stale::ProjectTasks(task.project_id)])
-        .await?;
+    let stale = [Stale::ProjectTasks(task.project_id)];
     let location = format!("/v1/tasks/{}", task.id);
-    let body = task_body(&state.loaders, task).await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        AppJson(body),
-    ))
+    let created = Created::json(&new_task_body(&mut tx, task).await?)?.at(location);
+    recorder.record(&mut tx, &created).await?;
+    state.jobs.commit(tx, jobs, &stale).await?;
+    Ok(created.into_response())
+}
+
+/// A task just created in `tx`, as a response body. Its details are read in the
+/// transaction, not through the loaders: the response is recorded with the create (an
+/// idempotency key's first response), so it is built before the commit, and on the
+/// transaction's own connection (see `api::idempotency`). A new task has no comments.
+async fn new_task_body(tx: &mut Tx, task: Task) -> Result<TaskBody, ApiError> {
+    let assignee = match task.assignee_id {
+        Some(id) => db::users::summary(tx.exec(), id).await?,
+        None => None,
+    };
+    TaskBody::try_from(TaskDetails {
+        task,
+        assignee,
+        comment_count: 0,
+    })
 }
 
 /// A project's tasks, newest first, optionally by status and assignee.

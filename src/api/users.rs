@@ -1,8 +1,8 @@
 //! `POST /v1/users`, `GET /v1/me`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -12,9 +12,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::AuthUser;
+use super::idempotency::{Caller, Claim, Created, IdempotencyKeyHeader, Idempotent};
 use crate::db;
 use crate::domain::{Email, Password, UserName, validate};
-use crate::http::{ApiError, AppJson, ResultExt, conditional_json};
+use crate::http::client_ip::ClientIp;
+use crate::http::{ApiError, ResultExt, conditional_json};
 use crate::loaders::Loaders;
 use crate::state::AppState;
 
@@ -67,6 +69,7 @@ impl From<db::users::User> for UserBody {
     post,
     path = "/v1/users",
     tag = "users",
+    params(IdempotencyKeyHeader),
     request_body = CreateUser,
     responses(
         (status = 201, description = "The new user", body = UserBody),
@@ -76,16 +79,25 @@ impl From<db::users::User> for UserBody {
 #[tracing::instrument(level = "trace", skip_all)]
 async fn create_user(
     State(state): State<AppState>,
-    AppJson(body): AppJson<CreateUser>,
-) -> Result<(StatusCode, AppJson<UserBody>), ApiError> {
+    ClientIp(client): ClientIp,
+    Idempotent(idempotency, body): Idempotent<CreateUser>,
+) -> Result<Response, ApiError> {
     let (email, name, password) = validate((
         ("email", Email::parse(body.email)),
         ("name", UserName::parse(body.name)),
         ("password", Password::parse(body.password)),
     ))?;
+    // Hashed before the transaction, so that no pooled connection waits on the hasher
+    // (a replay pays for a hash it does not use; sign-ups are rate-limited anyway).
     let hash = state.passwords.hash(password.expose()).await?;
+    let mut tx = state.db.begin().await?;
+    // Anonymous: the key is the client address's.
+    let recorder = match idempotency.claim(&mut tx, Caller::Client(client)).await? {
+        Claim::Fresh(recorder) => recorder,
+        Claim::Answered(response) => return Ok(response),
+    };
     let user = db::users::insert(
-        &state.db,
+        tx.exec(),
         Uuid::now_v7(),
         email.as_str(),
         name.as_str(),
@@ -96,7 +108,10 @@ async fn create_user(
         slug: "email-taken",
         detail: "An account with this email already exists.".into(),
     })?;
-    Ok((StatusCode::CREATED, AppJson(user.into())))
+    let created = Created::json(&UserBody::from(user))?;
+    recorder.record(&mut tx, &created).await?;
+    tx.commit().await?;
+    Ok(created.into_response())
 }
 
 /// The caller's own account.

@@ -18,6 +18,8 @@
 //! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
 //! `resilience.rs` ([`BreakerSettings`], [`RetrySettings`]) is not a section but the reader
 //! that every dependency's section uses for its circuit breaker and its retries.
+//! `idempotency.rs` ([`IdempotencyConfig`]: how long idempotency keys live, how long a
+//! duplicate waits for the first request).
 //! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
 //! this file composes the sections. They are read in a fixed order (environment, log,
 //! telemetry, http, auth, flags, database, redis, jobs) and the first bad value wins. No check
@@ -52,6 +54,7 @@ mod database;
 mod flags;
 mod guardrails;
 mod http;
+mod idempotency;
 mod jobs;
 mod log;
 mod redis;
@@ -66,6 +69,7 @@ pub use guardrails::{
     Criticality, CriticalityOverride, GuardrailsConfig, RouteClass, SheddingConfig,
 };
 pub use http::HttpConfig;
+pub use idempotency::IdempotencyConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use redis::RedisConfig;
@@ -89,6 +93,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
     pub guardrails: GuardrailsConfig,
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Config {
@@ -114,6 +119,7 @@ impl Config {
         let redis = RedisConfig::read(&vars)?;
         let jobs = JobsConfig::read(&vars)?;
         let guardrails = GuardrailsConfig::read(&vars)?;
+        let idempotency = IdempotencyConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
@@ -125,6 +131,7 @@ impl Config {
             auth,
             flags,
             guardrails,
+            idempotency,
         })
     }
 

@@ -16,6 +16,7 @@
 pub mod comments;
 pub mod executor;
 pub mod flags;
+pub mod idempotency;
 pub mod jobs;
 pub mod members;
 pub mod outbox;

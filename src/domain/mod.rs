@@ -5,6 +5,7 @@
 //! OpenAPI schema states the same limits (see `api::openapi`), and the database repeats them as
 //! CHECK constraints: three layers, one rule, each there for a different reader.
 
+mod idempotency;
 mod project;
 mod role;
 mod task;
@@ -12,6 +13,7 @@ mod text;
 mod user;
 mod validation;
 
+pub use idempotency::IdempotencyKey;
 pub use project::{ProjectDescription, ProjectName};
 pub use role::Role;
 pub use task::{CommentBody, TaskDescription, TaskStatus, TaskTitle};

@@ -35,22 +35,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(request.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("The body could not be read.".into())
-            }
-        })?;
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        let bytes = json_body(request, state).await?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl<T: DeserializeOwned> AppJson<T> {
+    /// The extractor's second half, for a body [`json_body`] has read: a caller that
+    /// needs the raw bytes too (the idempotency keys fingerprint them) reads them once and
+    /// parses them here, with the same rejections.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_bytes(bytes)?;
         if bytes.trim_ascii_start().first() != Some(&b'{') {
             return Err(ApiError::invalid("body", "must be a JSON object"));
         }
         Ok(AppJson(value))
     }
+}
+
+/// The extractor's first half: the body of a request that says it is JSON (415 if not),
+/// read within the body limit (413 past it).
+pub async fn json_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(request.headers()) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Bytes::from_request(request, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("The body could not be read.".into())
+        }
+    })
 }
 
 /// `application/json`, or any `application/*+json`, parameters aside.

@@ -55,6 +55,7 @@ pub mod names {
     pub const CONCURRENCY_IN_FLIGHT: &str = "keel_concurrency_in_flight";
     pub const SHED: &str = "keel_shed_total";
     pub const DEADLINE_EXCEEDED: &str = "keel_deadline_exceeded_total";
+    pub const IDEMPOTENCY_REQUESTS: &str = "keel_idempotency_requests_total";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -219,6 +220,10 @@ fn describe() {
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED,
         "Retries not made because the dependency's retry budget was spent, by dependency"
+    );
+    describe_counter!(
+        IDEMPOTENCY_REQUESTS,
+        "Creates that carried an Idempotency-Key, by route and outcome (recorded: the first, its response stored; replayed: a repeat answered with it; mismatched: the key reused with another request, 422; in_flight: the first still running, 409; malformed: 422)"
     );
 }
 

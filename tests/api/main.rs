@@ -17,6 +17,7 @@ mod deadlines;
 mod explain;
 mod hardening;
 mod helpers;
+mod idempotency;
 mod job_traces;
 mod jobs;
 mod layers;
