@@ -93,7 +93,12 @@ async fn with_timeouts_off_a_stuck_request_waits_for_as_long_as_it_is_stuck() {
     let owner = app.signup().await;
     let project = app.create_project(&owner, "Naive").await;
     let task = app.insert_task(project, None).await;
-    app.state.flags.set(keel::flags::Flag::Timeouts, false);
+    // In the store too, so that the flag refresher does not switch it back mid-test.
+    let row = keel::db::flags::set(&app.db, keel::flags::Flag::Timeouts.name(), false)
+        .await
+        .expect("the store answers")
+        .expect("the flag is registered");
+    app.state.flags.apply(&[row]);
 
     let mut holder = sqlx::PgConnection::connect_with(&app.test_db.options)
         .await
