@@ -153,9 +153,10 @@ impl Flags {
             .collect()
     }
 
-    /// Sets one flag in this instance's snapshot only, until the next refresh: for tests
-    /// that drive a layer without a store. Operators switch flags in the store (the admin
-    /// API), which every instance follows.
+    /// Sets one flag in this instance's snapshot only (and the breakers' switch with
+    /// `circuit_breaker`), until the next refresh. [`Flags::apply`] sets flags through it;
+    /// tests call it to drive a layer without a store. Operators switch flags in the store
+    /// (the admin API), which every instance follows.
     pub fn set(&self, flag: Flag, enabled: bool) {
         self.0.enabled[flag.index()].store(enabled, Ordering::Relaxed);
         if flag == Flag::CircuitBreaker {
@@ -169,11 +170,8 @@ impl Flags {
         let mut updated_at = self.0.updated_at.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             if let Some(flag) = Flag::from_name(&row.name) {
-                self.0.enabled[flag.index()].store(row.enabled, Ordering::Relaxed);
+                self.set(flag, row.enabled);
                 updated_at[flag.index()] = Some(row.updated_at);
-                if flag == Flag::CircuitBreaker {
-                    self.0.breakers.set(row.enabled);
-                }
             }
         }
     }

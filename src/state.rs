@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{CursorKey, Keyring, PasswordHasher};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::db::{self, Db};
+use crate::db::Db;
 use crate::flags::Flags;
 use crate::jobs::{Broker, Jobs, Mailer, Runner};
 use crate::loaders::Loaders;
 use crate::readiness::{Need, Readiness};
-use crate::resilience::{Breaker, BreakerState};
+use crate::resilience::Breaker;
 use crate::telemetry;
 
 /// What every request handler shares. Cloning is one `Arc` increment.
@@ -106,15 +106,7 @@ impl AppState {
             config.http.readiness_timeout,
             move || {
                 let db = probe_db.clone();
-                async move {
-                    // An open breaker is `down` (api.md): requests are being refused.
-                    if db.breaker().state() == BreakerState::Open {
-                        return Err(sqlx::Error::Io(std::io::Error::other(
-                            "Postgres circuit breaker open",
-                        )));
-                    }
-                    db::ping(db.pool()).await
-                }
+                async move { db.ping().await }
             },
         );
         // Every breaker follows the `circuit_breaker` fix flag through this switch.

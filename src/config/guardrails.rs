@@ -198,12 +198,8 @@ impl SheddingConfig {
 }
 
 fn overrides(vars: &Vars<'_>, var: &'static str) -> Result<Vec<CriticalityOverride>, ConfigError> {
-    let Some(raw) = vars.get(var) else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
+    vars.list(var)
+        .iter()
         .map(|item| {
             let bad = |why: &str| {
                 error(

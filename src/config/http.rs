@@ -79,12 +79,8 @@ impl HttpConfig {
 
 /// A comma-separated list of networks; a bare address is a network of one.
 fn networks(vars: &Vars<'_>, var: &'static str) -> Result<Vec<IpNet>, ConfigError> {
-    let Some(raw) = vars.get(var) else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
+    vars.list(var)
+        .iter()
         .map(|item| {
             item.parse::<IpNet>()
                 .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))

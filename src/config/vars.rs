@@ -150,6 +150,17 @@ impl Vars<'_> {
         Ok(value)
     }
 
+    /// A comma-separated list, each item trimmed, empty items dropped; empty when unset.
+    pub(super) fn list(&self, var: &str) -> Vec<String> {
+        self.get(var).map_or_else(Vec::new, |raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
     /// A name prefix (Redis keys, RabbitMQ queues): 1 to 64 visible ASCII characters. It is
     /// repeated in every name, so it should stay short; a space would break tools that
     /// split on it.

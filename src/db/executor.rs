@@ -52,7 +52,7 @@ use sqlx::postgres::{
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
-use crate::resilience::{Breaker, Permit, deadline};
+use crate::resilience::{Breaker, BreakerState, Permit, deadline};
 use crate::telemetry;
 use crate::telemetry::metrics::{DB_PENDING, names};
 
@@ -71,9 +71,14 @@ impl Db {
         Self { pool, breaker }
     }
 
-    /// The breaker in front of Postgres, for readiness.
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
+    /// Whether Postgres answers, for readiness. While the breaker is open the answer is
+    /// the breaker's refusal, without a ping: requests are being refused, so the
+    /// dependency is `down` (api.md).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        if self.breaker.state() == BreakerState::Open {
+            return Err(breaker_open());
+        }
+        super::ping(&self.pool).await
     }
 
     /// The pool itself, for what is not a statement: LISTEN, COPY, migrations, gauges.
