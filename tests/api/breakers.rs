@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     ADMIN_TOKEN, TcpProxy, TestApp, TestDb, TestUser, amqp_addr, eventually, pool_through,
-    postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_role,
+    postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_mailing, spawn_role,
 };
 use crate::smtp_sink::{Behaviour, SmtpSink};
 
@@ -31,14 +31,9 @@ async fn app_with(
     sink: &SmtpSink,
     customize: impl FnOnce(&mut HashMap<String, String>),
 ) -> TestApp {
-    let test_db = Arc::new(TestDb::create().await);
-    let pool = test_db.pool.clone();
-    let url = sink.url();
-    spawn_role(role, test_db, pool, |vars| {
-        vars.insert("SMTP_URL".into(), url);
+    spawn_mailing(role, sink.url(), |vars| {
         vars.insert("KEEL_JOBS_RETRY_DELAYS".into(), "200ms".into());
         vars.insert("KEEL_AMQP_RECONNECT_MAX_DELAY".into(), "200ms".into());
-        vars.insert("KEEL_OUTBOX_POLL_INTERVAL".into(), "200ms".into());
         customize(vars);
     })
     .await

@@ -50,16 +50,6 @@ fn statements(log: &StatementLog) -> Vec<String> {
         .collect()
 }
 
-/// Switches a flag in the store (so that the refresher keeps it) and on this instance at
-/// once (rather than within the poll interval).
-async fn set_flag(app: &TestApp, flag: Flag, enabled: bool) {
-    let row = keel::db::flags::set(&app.db, flag.name(), enabled)
-        .await
-        .unwrap()
-        .expect("the flag is registered");
-    app.state.flags.apply(&[row]);
-}
-
 /// A project with an owner, a member, and a task assigned to the member with a comment.
 struct World {
     owner: TestUser,
@@ -157,7 +147,7 @@ async fn with_the_cache_flag_off_every_read_goes_to_postgres() {
     for _ in 0..3 {
         read(&app, &path, &w.owner.token).await;
     }
-    set_flag(&app, Flag::Cache, false).await;
+    app.set_flag(Flag::Cache, false).await;
     statements(&log);
     for _ in 0..3 {
         let (status, _) = read(&app, &path, &w.owner.token).await;

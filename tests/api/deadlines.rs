@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Connection as _;
+use sqlx::{Connection as _, PgConnection};
+use uuid::Uuid;
 
-use crate::helpers::{assert_problem, eventually, spawn_app_with};
+use crate::helpers::{TestApp, assert_problem, eventually, spawn_app_with};
 
 /// Blocked statements of the app's own connections on the test database.
 async fn blocked_updates(db: &sqlx::PgPool) -> i64 {
@@ -28,6 +29,31 @@ async fn blocked_updates(db: &sqlx::PgPool) -> i64 {
     .expect("pg_stat_activity")
 }
 
+/// Locks the task's row in a transaction on a connection of the test's own, held until
+/// [`release`].
+async fn hold_row_lock(app: &TestApp, task: Uuid) -> PgConnection {
+    let mut holder = PgConnection::connect_with(&app.test_db.options)
+        .await
+        .expect("a connection of the test's own");
+    sqlx::raw_sql("begin")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("select 1 from tasks where id = $1 for update")
+        .bind(task)
+        .execute(&mut holder)
+        .await
+        .expect("lock the task");
+    holder
+}
+
+async fn release(mut holder: PgConnection) {
+    sqlx::raw_sql("rollback")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+}
+
 #[tokio::test]
 async fn a_write_stuck_on_a_lock_is_answered_at_its_deadline_and_its_statement_cancelled() {
     let app = spawn_app_with(|vars| {
@@ -38,16 +64,7 @@ async fn a_write_stuck_on_a_lock_is_answered_at_its_deadline_and_its_statement_c
     let project = app.create_project(&owner, "Deadlines").await;
     let task = app.insert_task(project, None).await;
 
-    // The test's own transaction holds the task's row.
-    let mut holder = sqlx::PgConnection::connect_with(&app.test_db.options)
-        .await
-        .expect("a connection of the test's own");
-    let mut lock = holder.begin().await.expect("begin");
-    sqlx::query("select 1 from tasks where id = $1 for update")
-        .bind(task)
-        .execute(&mut *lock)
-        .await
-        .expect("lock the task");
+    let lock = hold_row_lock(&app, task).await;
 
     let started = Instant::now();
     let response = app
@@ -73,7 +90,7 @@ async fn a_write_stuck_on_a_lock_is_answered_at_its_deadline_and_its_statement_c
         .await,
         "the blocked statement outlived its request"
     );
-    lock.rollback().await.expect("release");
+    release(lock).await;
 
     // Nothing was written: the request failed as a whole.
     let title: String = sqlx::query_scalar("select title from tasks where id = $1")
@@ -93,22 +110,9 @@ async fn with_timeouts_off_a_stuck_request_waits_for_as_long_as_it_is_stuck() {
     let owner = app.signup().await;
     let project = app.create_project(&owner, "Naive").await;
     let task = app.insert_task(project, None).await;
-    // In the store too, so that the flag refresher does not switch it back mid-test.
-    let row = keel::db::flags::set(&app.db, keel::flags::Flag::Timeouts.name(), false)
-        .await
-        .expect("the store answers")
-        .expect("the flag is registered");
-    app.state.flags.apply(&[row]);
+    app.set_flag(keel::flags::Flag::Timeouts, false).await;
 
-    let mut holder = sqlx::PgConnection::connect_with(&app.test_db.options)
-        .await
-        .expect("a connection of the test's own");
-    let mut lock = holder.begin().await.expect("begin");
-    sqlx::query("select 1 from tasks where id = $1 for update")
-        .bind(task)
-        .execute(&mut *lock)
-        .await
-        .expect("lock the task");
+    let lock = hold_row_lock(&app, task).await;
 
     let (path, body) = (format!("/v1/tasks/{task}"), json!({"title": "late"}));
     let request = app.patch(&path, &owner.token, &body);
@@ -121,7 +125,7 @@ async fn with_timeouts_off_a_stuck_request_waits_for_as_long_as_it_is_stuck() {
         "answered while stuck"
     );
     assert_eq!(blocked_updates(&app.db).await, 1);
-    lock.rollback().await.expect("release");
+    release(lock).await;
     let response = request.await;
     assert_eq!(response.status(), StatusCode::OK);
 }

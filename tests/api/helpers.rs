@@ -384,6 +384,26 @@ pub async fn spawn_role(
     }
 }
 
+/// An instance of `role` on a fresh database, mailing the SMTP server at `smtp_url`, with
+/// job retries, broker reconnections and outbox polls quick enough for a test; `customize`
+/// runs last and may change any of them.
+pub async fn spawn_mailing(
+    role: Role,
+    smtp_url: String,
+    customize: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
+    let test_db = Arc::new(TestDb::create().await);
+    let pool = test_db.pool.clone();
+    spawn_role(role, test_db, pool, |vars| {
+        vars.insert("SMTP_URL".into(), smtp_url);
+        vars.insert("KEEL_JOBS_RETRY_DELAYS".into(), "100ms,200ms".into());
+        vars.insert("KEEL_AMQP_RECONNECT_MAX_DELAY".into(), "500ms".into());
+        vars.insert("KEEL_OUTBOX_POLL_INTERVAL".into(), "200ms".into());
+        customize(vars);
+    })
+    .await
+}
+
 /// A signed-up user with a token.
 #[derive(Debug, Clone)]
 pub struct TestUser {
@@ -393,6 +413,16 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// Switches a fix flag in the store (so that the flag refresher keeps it) and on this
+    /// instance at once (rather than within the poll interval).
+    pub async fn set_flag(&self, flag: keel::flags::Flag, enabled: bool) {
+        let row = keel::db::flags::set(&self.db, flag.name(), enabled)
+            .await
+            .expect("the store answers")
+            .expect("the flag is registered");
+        self.state.flags.apply(&[row]);
+    }
+
     /// A second instance of the service on the same database, as behind a load balancer.
     pub async fn another_instance(&self, pool: PgPool) -> TestApp {
         spawn_app_with_pool(self.test_db.clone(), pool, |_| {}).await

@@ -2,7 +2,6 @@
 //! owns), against the real broker and Postgres, with the faults the issue names.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -15,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TcpProxy, TestApp, TestDb, TestUser, amqp_addr, eventually, spawn_role};
+use crate::helpers::{TcpProxy, TestApp, TestUser, amqp_addr, eventually, spawn_mailing};
 use crate::smtp_sink::{Behaviour, Received, SmtpSink};
 
 /// An instance of `role` on a fresh database, sending mail to `sink`, with quick retries.
@@ -24,17 +23,7 @@ async fn app_with(
     sink: &SmtpSink,
     customize: impl FnOnce(&mut HashMap<String, String>),
 ) -> TestApp {
-    let test_db = Arc::new(TestDb::create().await);
-    let pool = test_db.pool.clone();
-    let url = sink.url();
-    spawn_role(role, test_db, pool, |vars| {
-        vars.insert("SMTP_URL".into(), url);
-        vars.insert("KEEL_JOBS_RETRY_DELAYS".into(), "100ms,200ms".into());
-        vars.insert("KEEL_AMQP_RECONNECT_MAX_DELAY".into(), "500ms".into());
-        vars.insert("KEEL_OUTBOX_POLL_INTERVAL".into(), "200ms".into());
-        customize(vars);
-    })
-    .await
+    spawn_mailing(role, sink.url(), customize).await
 }
 
 /// An owner, a project, and `n` members to assign.
@@ -477,11 +466,7 @@ async fn with_async_jobs_off_the_email_is_sent_inside_the_request() {
     .await;
     // No worker: only the request itself can send the email.
     let app = app_with(Role::Serve, &sink, |_| {}).await;
-    let row = keel::db::flags::set(&app.db, Flag::AsyncJobs.name(), false)
-        .await
-        .unwrap()
-        .expect("the flag is registered");
-    app.state.flags.apply(&[row]);
+    app.set_flag(Flag::AsyncJobs, false).await;
     let (owner, project, members) = team(&app, 1).await;
 
     assign(&app, &owner, project, &members[0], "sent inline").await;

@@ -77,12 +77,7 @@ async fn a_page_of_tasks_costs_the_same_statements_at_any_size_and_n_plus_1_with
     let (pool, log) = logged_pool(&test_db).await;
     let app = spawn_app_with_pool(test_db, pool, |_| {}).await;
     // What Postgres sees of a page: with the cache on, a repeated page sends nothing.
-    // Switched off in the store too, or the flag refresher would switch it back on.
-    let row = keel::db::flags::set(&app.db, Flag::Cache.name(), false)
-        .await
-        .unwrap()
-        .expect("the cache flag is registered");
-    app.state.flags.apply(&[row]);
+    app.set_flag(Flag::Cache, false).await;
     let (project, token) = project_with_tasks(&app).await;
     // Warm up: every statement prepared once, the pool's connections open.
     statements_for_page(&app, &log, project, &token, 1).await;
@@ -91,11 +86,7 @@ async fn a_page_of_tasks_costs_the_same_statements_at_any_size_and_n_plus_1_with
     for limit in [1, 20, 100] {
         batched.push(statements_for_page(&app, &log, project, &token, limit).await);
     }
-    app.state.flags.apply(&[keel::db::flags::FlagRow {
-        name: Flag::BatchLoading.name().into(),
-        enabled: false,
-        updated_at: chrono::Utc::now(),
-    }]);
+    app.set_flag(Flag::BatchLoading, false).await;
     let mut naive = Vec::new();
     for limit in [1, 20, 100] {
         naive.push(statements_for_page(&app, &log, project, &token, limit).await);
