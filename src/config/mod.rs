@@ -15,7 +15,8 @@
 //! `http.rs` ([`HttpConfig`]: listeners, limits, shutdown), `auth.rs` ([`AuthConfig`]: JWT
 //! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) `redis.rs`
 //! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis) and
-//! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
+//! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport),
+//! `rate_limit.rs` ([`RateLimitConfig`]: the rate-limit budgets and their fallback's bounds).
 //! `vars.rs` is the reader they share (empty counts as unset, ranges, durations, secrets);
 //! this file composes the sections. They are read in a fixed order (environment, log,
 //! telemetry, http, auth, flags, database, redis, jobs) and the first bad value wins. No check
@@ -52,6 +53,7 @@ mod guardrails;
 mod http;
 mod jobs;
 mod log;
+mod rate_limit;
 mod redis;
 mod telemetry;
 mod vars;
@@ -63,6 +65,7 @@ pub use guardrails::{Criticality, CriticalityOverride, GuardrailsConfig, RouteCl
 pub use http::HttpConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
+pub use rate_limit::{Budget, RateLimitConfig, RateLimitPolicy};
 pub use redis::RedisConfig;
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
 
@@ -83,6 +86,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub flags: FlagsConfig,
     pub guardrails: GuardrailsConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
         let redis = RedisConfig::read(&vars)?;
         let jobs = JobsConfig::read(&vars)?;
         let guardrails = GuardrailsConfig::read(&vars)?;
+        let rate_limit = RateLimitConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
@@ -119,6 +124,7 @@ impl Config {
             auth,
             flags,
             guardrails,
+            rate_limit,
         })
     }
 

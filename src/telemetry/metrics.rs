@@ -48,6 +48,9 @@ pub mod names {
     pub const JOBS_FINISHED: &str = "keel_jobs_finished_total";
     pub const JOB_DURATION: &str = "keel_job_duration_seconds";
     pub const QUEUE_DEPTH: &str = "keel_queue_depth";
+    pub const RATE_LIMITED: &str = "keel_rate_limited_total";
+    pub const RATE_LIMIT_FALLBACK: &str = "keel_rate_limit_fallback_total";
+    pub const RATE_LIMIT_FALLBACK_KEYS: &str = "keel_rate_limit_fallback_keys";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -187,6 +190,18 @@ fn describe() {
     describe_counter!(
         BREAKER_TRANSITIONS,
         "Circuit breaker transitions, by breaker and the state entered"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused with 429, by the rate-limit policy whose budget was spent"
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACK,
+        "Rate-limit checks made in process because Redis was not asked or did not answer, by policy and reason (breaker_open, redis, timeout, pool_busy)"
+    );
+    describe_gauge!(
+        RATE_LIMIT_FALLBACK_KEYS,
+        "Clients the in-process rate-limit fallback holds a budget for, by policy (set at each sweep)"
     );
 }
 
