@@ -36,23 +36,30 @@ use crate::db;
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
-/// flags (`rate_limit`, `load_shedding`, `timeouts`, `circuit_breaker`) arrive with their
-/// fixes. All default to on.
+/// flags (`load_shedding`, `timeouts`, `circuit_breaker`) arrive with their fixes. All
+/// default to on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     BatchLoading,
     Cache,
     AsyncJobs,
+    RateLimit,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 3] = [Flag::BatchLoading, Flag::Cache, Flag::AsyncJobs];
+    pub const ALL: [Flag; 4] = [
+        Flag::BatchLoading,
+        Flag::Cache,
+        Flag::AsyncJobs,
+        Flag::RateLimit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Flag::BatchLoading => "batch_loading",
             Flag::Cache => "cache",
             Flag::AsyncJobs => "async_jobs",
+            Flag::RateLimit => "rate_limit",
         }
     }
 
@@ -66,6 +73,7 @@ impl Flag {
             Flag::AsyncJobs => {
                 "the assignment email is sent over SMTP inside the request, and stats are recomputed inline"
             }
+            Flag::RateLimit => "no rate limiting",
         }
     }
 

@@ -34,6 +34,7 @@ use crate::background::Background;
 use crate::config::{Config, HttpConfig};
 use crate::http::{TrustedProxies, client_ip, problem};
 use crate::jobs::{Relay, Worker};
+use crate::middleware::rate_limit::{self, RateLimit};
 use crate::middleware::{errors, metrics, request_id, trace};
 use crate::state::AppState;
 use crate::{admin, api, db, flags, telemetry};
@@ -244,7 +245,8 @@ fn public_router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .with_state(state.clone());
     let metrics = state.metrics.is_some();
-    stack(app, &state.config.http, Listener::Public, metrics)
+    let limits = Some(RateLimit::new(state.clone()));
+    stack(app, &state.config.http, Listener::Public, metrics, limits)
 }
 
 /// The admin listener's service: probes, metrics and the fix flags (see `crate::admin`).
@@ -252,7 +254,7 @@ fn admin_router(state: AppState) -> Router {
     let app = admin::routes()
         .fallback(problem::not_found)
         .with_state(state.clone());
-    stack(app, &state.config.http, Listener::Admin, false)
+    stack(app, &state.config.http, Listener::Admin, false, None)
 }
 
 /// Which listener a stack is for.
@@ -282,7 +284,13 @@ enum Listener {
 ///
 /// The guardrails (rate limit, deadline, load shedding) go between 7 and 8, each behind
 /// its fix flag, as they land.
-fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool) -> Router {
+fn stack(
+    router: Router,
+    config: &HttpConfig,
+    listener: Listener,
+    metrics: bool,
+    limits: Option<RateLimit>,
+) -> Router {
     let sensitive = [
         header::AUTHORIZATION,
         header::COOKIE,
@@ -325,6 +333,13 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
             )
             .layer(CatchPanicLayer::custom(errors::panic_to_problem))
             .layer(axum::middleware::from_fn(errors::finish))
+            // Rate limits (`rate_limit` flag), public listener only: 429 before the handler.
+            // Above the body limit: a `from_fn` layer takes only axum's `Body`, and the body
+            // limit hands on a `Limited<Body>`.
+            .layer(axum::middleware::from_fn_with_state(
+                limits,
+                rate_limit::enforce,
+            ))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )
 }
@@ -369,7 +384,7 @@ mod tests {
                 ""
             }),
         );
-        let app = stack(app, &http_config(), Listener::Public, true);
+        let app = stack(app, &http_config(), Listener::Public, true, None);
 
         let response = app
             .oneshot(Request::get("/boom/42").body(Body::empty()).unwrap())

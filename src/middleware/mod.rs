@@ -10,5 +10,6 @@
 
 pub mod errors;
 pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;
 pub mod trace;

@@ -157,15 +157,21 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     let flags = flag_list(&app).await;
 
     let names: Vec<&str> = flags.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["batch_loading", "cache", "async_jobs"]);
+    assert_eq!(
+        names,
+        ["batch_loading", "cache", "async_jobs", "rate_limit"]
+    );
     assert!(flags.iter().all(|f| f["enabled"] == true));
     let stored: Vec<String> = sqlx::query_scalar("select name from fix_flags order by name")
         .fetch_all(&app.db)
         .await
         .unwrap();
-    assert_eq!(stored, ["async_jobs", "batch_loading", "cache"]);
+    assert_eq!(
+        stored,
+        ["async_jobs", "batch_loading", "cache", "rate_limit"]
+    );
     // A design flag whose fix has not landed is not a switch: it does not exist yet.
-    for unbuilt in ["rate_limit", "load_shedding", "timeouts", "circuit_breaker"] {
+    for unbuilt in ["load_shedding", "timeouts", "circuit_breaker"] {
         let response = set_flag(&app, unbuilt, false).await;
         assert_problem(response, StatusCode::NOT_FOUND).await;
     }
@@ -182,8 +188,9 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="batch_loading"}"#));
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="cache"}"#));
     assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="async_jobs"}"#));
+    assert!(metrics.contains(r#"keel_fix_flag_enabled{flag="rate_limit"}"#));
     assert!(
-        !metrics.contains(r#"flag="rate_limit""#),
+        !metrics.contains(r#"flag="load_shedding""#),
         "no gauge for an unbuilt fix"
     );
 }
