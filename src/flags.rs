@@ -46,16 +46,18 @@ pub enum Flag {
     Timeouts,
     LoadShedding,
     CircuitBreaker,
+    RateLimit,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 6] = [
+    pub const ALL: [Flag; 7] = [
         Flag::BatchLoading,
         Flag::Cache,
         Flag::AsyncJobs,
         Flag::Timeouts,
         Flag::LoadShedding,
         Flag::CircuitBreaker,
+        Flag::RateLimit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Flag {
             Flag::Timeouts => "timeouts",
             Flag::LoadShedding => "load_shedding",
             Flag::CircuitBreaker => "circuit_breaker",
+            Flag::RateLimit => "rate_limit",
         }
     }
 
@@ -84,6 +87,7 @@ impl Flag {
             Flag::CircuitBreaker => {
                 "a dead dependency is called anyway, each call waiting for its timeout"
             }
+            Flag::RateLimit => "no rate limiting",
         }
     }
 

@@ -17,7 +17,7 @@
 //! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
 //! | state | [`state`] | [`state::AppState`]: what handlers share |
 //! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |
-//! | loading and jobs | [`loaders`], [`jobs`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies; background work: the transactional outbox, its relay to RabbitMQ, the worker and its handlers (`async_jobs`) |
+//! | loading and jobs | [`loaders`], [`jobs`], [`limits`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies; background work: the transactional outbox, its relay to RabbitMQ, the worker and its handlers (`async_jobs`); the rate-limit budgets, in Redis with an in-process fallback (`rate_limit`) |
 //! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry; the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
 //! | resilience | [`resilience`] | the circuit breaker around each dependency (Redis, RabbitMQ, SMTP, Postgres), retries with a budget, the request's deadline; imports only the metric names and the settings types, so every layer above may use it |
@@ -33,7 +33,7 @@
 //!
 //! Public, for the binary and the integration tests: [`cli`], [`server`], [`state`],
 //! [`config`], [`db`], [`domain`], [`auth`], [`cache`], [`flags`], [`loaders`] (a field of
-//! the state), [`jobs`], [`resilience`], [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
+//! the state), [`jobs`], [`limits`], [`resilience`], [`readiness`], [`background`], [`telemetry`], [`seed`], [`shutdown`].
 //! Internal (`pub(crate)`): the HTTP layer (`api`, `admin`, `middleware`, `http`) and the
 //! `demo` data — tests reach them only through HTTP.
 //!
@@ -55,6 +55,7 @@ pub mod domain;
 pub mod flags;
 pub(crate) mod http;
 pub mod jobs;
+pub mod limits;
 pub mod loaders;
 pub(crate) mod middleware;
 pub mod readiness;

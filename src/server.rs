@@ -36,6 +36,7 @@ use crate::flags::Flags;
 use crate::http::{TrustedProxies, client_ip, problem};
 use crate::jobs::{Relay, Worker};
 use crate::middleware::deadline::{self, Deadlines};
+use crate::middleware::rate_limit::{self, RateLimit};
 use crate::middleware::shed::{self, Shedder};
 use crate::middleware::{errors, metrics, request_id, trace};
 use crate::state::AppState;
@@ -253,7 +254,8 @@ fn public_router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .with_state(state.clone());
     let metrics = state.metrics.is_some();
-    let guardrails = Guardrails::new(&state.flags, &state.config.guardrails);
+    let guardrails = Guardrails::new(&state.flags, &state.config.guardrails)
+        .with_rate_limit(RateLimit::new(state.clone()));
     stack(
         app,
         &state.config.http,
@@ -285,6 +287,8 @@ enum Listener {
 struct Guardrails {
     deadlines: Deadlines,
     shedder: Shedder,
+    /// `None` where there is no `AppState` to check budgets with (a unit test's stack).
+    rate_limit: Option<RateLimit>,
 }
 
 impl Guardrails {
@@ -292,6 +296,14 @@ impl Guardrails {
         Self {
             deadlines: Deadlines::new(flags.clone(), config),
             shedder: Shedder::new(flags.clone(), config),
+            rate_limit: None,
+        }
+    }
+
+    fn with_rate_limit(self, rate_limit: RateLimit) -> Self {
+        Self {
+            rate_limit: Some(rate_limit),
+            ..self
         }
     }
 }
@@ -320,6 +332,8 @@ impl Guardrails {
 ///    the handler, its statements, its calls to Redis — runs inside it;
 /// 9. load shedding (`load_shedding`): admitted under the adaptive concurrency limit, or
 ///    refused at once; before the rate limit, so a refusal costs no Redis call;
+/// 10. the rate limits (`rate_limit`): a budget per user or client address, shared by
+///     the fleet through Redis; 429 before the handler;
 ///
 /// and last, body reading capped at `KEEL_MAX_BODY_BYTES` (413; innermost because it
 /// changes the body's type, which axum's middleware functions above do not take), then
@@ -377,8 +391,12 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
                 deadline::enforce,
             ))
             .layer(axum::middleware::from_fn_with_state(
-                guardrails.map(|g| g.shedder),
+                guardrails.as_ref().map(|g| g.shedder.clone()),
                 shed::admit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                guardrails.and_then(|g| g.rate_limit),
+                rate_limit::enforce,
             ))
             .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
     )

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::flags::Flags;
 use crate::jobs::{Broker, Jobs, Mailer, Runner};
+use crate::limits::Limiter;
 use crate::loaders::Loaders;
 use crate::readiness::{Need, Readiness};
 use crate::resilience::Breaker;
@@ -55,6 +56,10 @@ pub struct App {
     /// Every hot read ("a task with details", "the caller's role"): the strategy, the
     /// cache and their fix flags live there, not in the handlers.
     pub loaders: Loaders,
+    /// The rate-limit budgets, in Redis (shared by the fleet) or, while Redis is
+    /// unavailable, in process; spent by the rate-limit middleware and by sign-in (per
+    /// email).
+    pub limiter: Limiter,
     /// Signs and verifies access tokens (current key + one retired key).
     pub tokens: Arc<Keyring>,
     /// argon2id, bounded by a semaphore so that logins cannot starve the runtime.
@@ -152,6 +157,7 @@ impl AppState {
             broker,
             runner,
             loaders: Loaders::new(db.clone(), cache.clone(), flags.clone()),
+            limiter: Limiter::new(&config.rate_limit, &config.redis, &cache),
             cache,
             config,
             db,

@@ -8,7 +8,10 @@
 //! * a security requirement → 401 (with its `WWW-Authenticate` header);
 //! * a request body → 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
 //! * query parameters → 422;
-//! * every operation → 503 (shed, or a dependency down);
+//! * every operation → 503 (shed, or a dependency down) and 429 (a rate limit spent, with
+//!   `Retry-After`);
+//! * every response → the `RateLimit-Policy` and `RateLimit` fields
+//!   (draft-ietf-httpapi-ratelimit-headers), since every route is rate-limited;
 //! * an `Idempotency-Key` header parameter (the creates, `api::idempotency`) → 409 (the
 //!   key's first request is still running, with `Retry-After`), 422 (a malformed key, or
 //!   one used with another request), and `Idempotent-Replayed` on the 201;
@@ -82,6 +85,7 @@ pub fn add_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
             add_shape_errors(operation);
             add_idempotency_responses(operation);
             attach_problem_bodies(operation);
+            add_rate_limit_fields(operation);
             link_next_page(operation);
         }
     }
@@ -112,6 +116,10 @@ fn add_shape_errors(operation: &mut Operation) {
     add(
         "503",
         "Overloaded, or a dependency is down; retry after `Retry-After` seconds",
+    );
+    add(
+        "429",
+        "A rate limit is spent (see `RateLimit`); retry after `Retry-After` seconds",
     );
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         add("401", "Missing, malformed, expired or forged access token");
@@ -224,6 +232,37 @@ fn link_next_page(operation: &mut Operation) {
         link = link.parameter(name.clone(), format!("$request.path.{name}"));
     }
     ok.links.insert("next_page".to_owned(), link.build().into());
+}
+
+/// Every response of a rate-limited route carries both fields (absent only while the
+/// `rate_limit` fix is switched off).
+fn add_rate_limit_fields(operation: &mut Operation) {
+    let fields = [
+        (
+            "RateLimit-Policy",
+            "The rate-limit policies this request counted against, as a Structured Fields \
+             list: `\"token-ip\";q=10;w=60` (q requests at once, w seconds to refill them all)",
+        ),
+        (
+            "RateLimit",
+            "The policy closest to running out: `\"token-ip\";r=3;t=42` (r requests left, \
+             t seconds until the budget is full)",
+        ),
+    ];
+    for response in operation.responses.responses.values_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        for (name, description) in fields {
+            response.headers.entry(name.to_owned()).or_insert_with(|| {
+                HeaderBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .description(Some(description))
+                    .build()
+                    .into()
+            });
+        }
+    }
 }
 
 fn attach_problem_bodies(operation: &mut Operation) {

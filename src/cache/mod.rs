@@ -311,6 +311,14 @@ impl Cache {
         self.0.breaker.state()
     }
 
+    /// The pool and the breaker around Redis, for the other users of the same server (the
+    /// rate limits, `crate::limits`): one pool and one breaker per process, so that a Redis
+    /// the breaker has given up on is skipped by every caller at once, and its recovery is
+    /// probed by one trial call rather than one per user.
+    pub fn redis(&self) -> (Pool, Breaker) {
+        (self.0.pool.clone(), self.0.breaker.clone())
+    }
+
     /// A test hook: runs before every fill, after the load. The race test pauses a
     /// reader here while a write commits and invalidates. Costs an uncontended read lock
     /// per fill (misses only) when unset.

@@ -16,6 +16,7 @@
 //! keys, admin token, password hashing), `flags.rs` ([`FlagsConfig`]) `redis.rs`
 //! ([`RedisConfig`]: Redis, the cache's TTLs and leases, the breaker around Redis) and
 //! `jobs.rs` ([`JobsConfig`]: RabbitMQ, the relay, the worker's retries, the mail transport).
+//! `rate_limit.rs` ([`RateLimitConfig`]: the rate-limit budgets and their fallback's bounds).
 //! `resilience.rs` ([`BreakerSettings`], [`RetrySettings`]) is not a section but the reader
 //! that every dependency's section uses for its circuit breaker and its retries.
 //! `idempotency.rs` ([`IdempotencyConfig`]: how long idempotency keys live, how long a
@@ -57,6 +58,7 @@ mod http;
 mod idempotency;
 mod jobs;
 mod log;
+mod rate_limit;
 mod redis;
 mod resilience;
 mod telemetry;
@@ -72,6 +74,7 @@ pub use http::HttpConfig;
 pub use idempotency::IdempotencyConfig;
 pub use jobs::JobsConfig;
 pub use log::{LogConfig, LogFormat};
+pub use rate_limit::{Budget, RateLimitConfig, RateLimitPolicy};
 pub use redis::RedisConfig;
 pub use resilience::{BreakerSettings, RetrySettings};
 pub use telemetry::{Sampler, TelemetryConfig, TracesConfig};
@@ -94,6 +97,7 @@ pub struct Config {
     pub flags: FlagsConfig,
     pub guardrails: GuardrailsConfig,
     pub idempotency: IdempotencyConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Config {
@@ -120,6 +124,7 @@ impl Config {
         let jobs = JobsConfig::read(&vars)?;
         let guardrails = GuardrailsConfig::read(&vars)?;
         let idempotency = IdempotencyConfig::read(&vars)?;
+        let rate_limit = RateLimitConfig::read(&vars)?;
         Ok(Self {
             env,
             log,
@@ -132,6 +137,7 @@ impl Config {
             flags,
             guardrails,
             idempotency,
+            rate_limit,
         })
     }
 

@@ -43,6 +43,13 @@ pub enum ApiError {
     /// 422: well-formed JSON whose fields are not acceptable.
     #[error("validation failed: {0}")]
     Validation(#[from] ValidationErrors),
+    /// 429: the client has spent a rate-limit budget (`super::rate_limit`); it may try
+    /// again after `retry_after_secs`.
+    #[error("rate limited by the {policy} budget")]
+    RateLimited {
+        policy: &'static str,
+        retry_after_secs: u64,
+    },
     /// 503: a dependency or a bounded resource is saturated or down; try again later.
     /// `cause`, when there is one, is logged (at WARN: the service is degraded, not
     /// broken), never sent.
@@ -73,6 +80,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } | Self::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -128,6 +136,18 @@ impl ApiError {
                     .collect();
                 problem
             }
+            Self::RateLimited {
+                policy,
+                retry_after_secs,
+            } => Problem::new(
+                status,
+                Some("rate-limited"),
+                "Too many requests",
+                format!(
+                    "The {policy:?} rate limit is spent; retry after {retry_after_secs} s \
+                     (see the RateLimit and RateLimit-Policy headers)."
+                ),
+            ),
             Self::Unavailable { detail, .. } => {
                 Problem::new(status, Some("unavailable"), "Service unavailable", *detail)
             }
@@ -164,6 +184,11 @@ impl IntoResponse for ApiError {
                 );
             }
             Self::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::RateLimited {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

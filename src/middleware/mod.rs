@@ -11,6 +11,7 @@
 pub mod deadline;
 pub mod errors;
 pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;
 pub mod shed;
 pub mod trace;

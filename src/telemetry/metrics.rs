@@ -56,6 +56,9 @@ pub mod names {
     pub const SHED: &str = "keel_shed_total";
     pub const DEADLINE_EXCEEDED: &str = "keel_deadline_exceeded_total";
     pub const IDEMPOTENCY_REQUESTS: &str = "keel_idempotency_requests_total";
+    pub const RATE_LIMITED: &str = "keel_rate_limited_total";
+    pub const RATE_LIMIT_FALLBACK: &str = "keel_rate_limit_fallback_total";
+    pub const RATE_LIMIT_FALLBACK_KEYS: &str = "keel_rate_limit_fallback_keys";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -224,6 +227,18 @@ fn describe() {
     describe_counter!(
         IDEMPOTENCY_REQUESTS,
         "Creates that carried an Idempotency-Key, by route and outcome (recorded: the first, its response stored; replayed: a repeat answered with it; mismatched: the key reused with another request, 422; in_flight: the first still running, 409; malformed: 422)"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused with 429, by the rate-limit policy whose budget was spent"
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACK,
+        "Rate-limit checks made in process because Redis was not asked or did not answer, by policy and reason (breaker_open, redis, timeout, pool_busy)"
+    );
+    describe_gauge!(
+        RATE_LIMIT_FALLBACK_KEYS,
+        "Clients the in-process rate-limit fallback holds a budget for, by policy (set at each sweep)"
     );
 }
 

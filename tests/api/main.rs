@@ -26,6 +26,7 @@ mod n_plus_one;
 mod observability;
 mod pgwire;
 mod projects;
+mod rate_limit;
 mod rust_source;
 mod seed;
 mod shutdown;

@@ -288,12 +288,19 @@ async fn a_request_is_one_trace_from_the_http_span_down_to_each_statement() {
     let statements = clients("postgresql");
     let names: Vec<&str> = statements.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(names, ["SELECT project_members", "SELECT projects"]);
-    // Both reads miss the cold cache: a read script, the statement, the fill.
+    // The rate limit's budget first; then both reads miss the cold cache: a read
+    // script, the statement, the fill.
     let redis = clients("redis");
     let names: Vec<&str> = redis.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["cache.read", "cache.fill", "cache.read", "cache.fill"]
+        [
+            "rate_limit.check",
+            "cache.read",
+            "cache.fill",
+            "cache.read",
+            "cache.fill"
+        ]
     );
     assert_eq!(client_spans, statements.len() + redis.len());
     for call in statements.iter().chain(&redis) {

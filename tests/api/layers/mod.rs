@@ -49,7 +49,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "core",
         &["auth", "cache", "flags", "readiness", "background"],
     ),
-    ("loading and jobs", &["loaders", "jobs"]),
+    ("loading and jobs", &["loaders", "jobs", "limits"]),
     ("tools", &["demo", "seed", "http"]),
     ("state", &["state"]),
     ("middleware", &["middleware"]),
