@@ -66,7 +66,7 @@
 //! enough failed or slow calls it stops calling Redis for a cool-down, so a dead Redis
 //! costs a request nothing rather than a timeout. A read or an invalidation whose
 //! connection was refused or dropped is retried once, within the Redis retry budget
-//! ([`Cache::call_unchecked`] says why only those). A failed read is a miss served from
+//! (`Cache::call_unchecked` says why only those). A failed read is a miss served from
 //! Postgres; a failed fill is dropped; a failed invalidation triggers the epoch repair
 //! above. Readiness reports Redis `down` (the service `degraded`, still 200) while the
 //! breaker is open.

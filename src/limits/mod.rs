@@ -10,8 +10,8 @@
 //! (`interval × burst`) ahead of now. So it allows `burst` requests at once and then a
 //! steady `count` per `period`, with no counters to reset and no fixed windows whose edges
 //! let a client double its rate; remaining budget, reset time and retry-after fall out of
-//! the same number. [`fleet`] runs it in Redis (one Lua script, one round trip, Redis's
-//! clock); [`local`] runs it in process with `governor` as the fallback.
+//! the same number. `fleet.rs` runs it in Redis (one Lua script, one round trip, Redis's
+//! clock); `local.rs` runs it in process with `governor` as the fallback.
 //!
 //! # When Redis is unavailable
 //!
