@@ -290,7 +290,15 @@ pub struct IdempotencyKeyHeader {
     /// `Idempotent-Replayed: true`) and creates nothing; the same key with another
     /// request is refused with 422; a repeat while the first is still being processed
     /// gets 409 (retry after `Retry-After`). Only successful creates are remembered.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 257)]
+    // The pattern is exactly what `domain::IdempotencyKey::parse` accepts: a bare key not
+    // starting with a quote, or a quoted one whose `"` and `\` are escaped (so up to 512
+    // characters for 255 escaped ones).
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 512,
+        pattern = r#"^(?:[!#-~][!-~]{0,254}|"(?:[!#-\[\]-~]|\\["\\]){1,255}")$"#
+    )]
     #[allow(
         dead_code,
         reason = "documents the header; read by the Idempotent extractor"
