@@ -619,6 +619,6 @@ bench_facts() {
     BENCH_CPUS="$(nproc 2>/dev/null || echo unknown)"
     BENCH_CPU_MODEL="$(sed -n '/^model name/{s/^model name[[:space:]]*: //p;q}' /proc/cpuinfo 2>/dev/null || true)"
     BENCH_CPU_MODEL="${BENCH_CPU_MODEL:-unknown}"
-    BENCH_OHA="$(oha --version)"
+    BENCH_OHA="$(oha --version 2>/dev/null || echo "not installed")"
     export BENCH_COMMIT BENCH_PG BENCH_CPUS BENCH_CPU_MODEL BENCH_OHA
 }

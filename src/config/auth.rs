@@ -53,19 +53,28 @@ impl AuthConfig {
                 "must differ from KEEL_JWT_SECRET (an admin token is not a signing key)",
             ));
         }
+        // Half the cores (at least one): argon2 is pure CPU, and with a permit per core a
+        // burst of sign-ins would take the whole machine from every other request (the
+        // load shedder then reads their slowness as overload and refuses them).
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hash_permits = (cores / 2).max(1);
         Ok(Self {
             jwt,
             admin_token,
             password_hash_concurrency: vars.range(
                 "KEEL_PASSWORD_HASH_CONCURRENCY",
-                cores,
+                hash_permits,
                 1,
                 256,
             )?,
+            // About two hashes' time. A sign-in waiting here holds its place under the
+            // adaptive concurrency limit (middleware::shed), so a long queue in front of
+            // the hasher fills the limit with waiting sign-ins and the reads behind them are
+            // shed: with 2 s, goodput at 4x capacity fell to half of it
+            // (loadtests/guardrails-bench.sh; docs/benchmarks.md).
             password_hash_queue_timeout: vars.duration_range(
                 "KEEL_PASSWORD_HASH_QUEUE_TIMEOUT",
-                Duration::from_secs(2),
+                Duration::from_millis(100),
                 Duration::from_millis(1),
                 Duration::from_secs(60),
             )?,

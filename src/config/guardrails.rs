@@ -183,7 +183,7 @@ impl SheddingConfig {
             max_limit,
             tolerance: vars.range("KEEL_SHED_TOLERANCE", 1.5, 1.0, 10.0)?,
             smoothing: vars.range("KEEL_SHED_SMOOTHING", 0.2, 0.01, 1.0)?,
-            queue: vars.range("KEEL_SHED_QUEUE", 2, 0, 1000)?,
+            queue: vars.range("KEEL_SHED_QUEUE", 4, 0, 1000)?,
             long_window: vars.range("KEEL_SHED_LONG_WINDOW", 6000, 1, 1_000_000)?,
             window: vars.duration_range(
                 "KEEL_SHED_WINDOW",

@@ -36,13 +36,17 @@
 //!
 //! - `tolerance` (1.5): how much slower than usual the service may get before the limit
 //!   shrinks; below it the gradient is 1 and the limit grows by `queue` per window.
-//! - `queue` (2): the headroom added on top of the limit each window, which lets the limit
-//!   probe upwards when there is room. It also sets where the limit settles under
-//!   overload: `gradient = 1 − queue/limit`, so with latency proportional to the requests
-//!   in flight (a CPU-bound service), the limit settles at `tolerance × usual + queue`
-//!   requests' worth of latency. Netflix's default of 4 suits limits in the hundreds; a
-//!   two-core service runs a few requests per core, and 4 would let latency double
-//!   before the limit stopped growing.
+//! - `queue` (4, Netflix's default): the headroom added on top of the limit each window,
+//!   which lets the limit probe upwards when there is room. It also sets where the limit
+//!   settles under overload: `gradient = 1 − queue/limit`, so with latency proportional to
+//!   the requests in flight (a CPU-bound service), the limit settles at
+//!   `tolerance × usual + queue` requests' worth of latency. A smaller headroom looks
+//!   right for a two-core service, and was Keel's first default (2), but measured under
+//!   the mixed workload of `loadtests/guardrails-bench.sh` it let the limit sink to its
+//!   floor: a window's average swings with the few slow sign-ins it happens to hold, the
+//!   limit falls by a factor on a slow window and climbs back only by `queue × smoothing`
+//!   on a fast one, and at 4× the capacity goodput fell to half of it. With 4 the limit
+//!   recovers from that noise as fast as it falls (docs/benchmarks.md has the figures).
 //! - `smoothing` (0.2): how far one window moves the limit towards its target.
 //! - `long_window` (6000 windows of 100 ms: ten minutes, Netflix's 600 one-second
 //!   windows): the memory of "usual". It must be long against an overload, because the
@@ -214,6 +218,11 @@ impl Inner {
         if window.samples < self.settings.window_samples
             || window.started.elapsed() < self.settings.window
         {
+            // The gauge follows the window's updates; a service going idle mid-window
+            // would otherwise show its last busy figure until the next request.
+            if self.in_flight.load(Ordering::Relaxed) == 0 {
+                metrics::gauge!(names::CONCURRENCY_IN_FLIGHT).set(0.0);
+            }
             return;
         }
         let short = window.total.as_secs_f64() / window.samples as f64;
@@ -264,7 +273,7 @@ mod tests {
             max: 100,
             tolerance: 1.5,
             smoothing: 0.2,
-            queue: 2,
+            queue: 4,
             long_window: 6000,
             window: Duration::from_millis(100),
             window_samples: 10,
