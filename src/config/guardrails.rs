@@ -61,6 +61,8 @@ pub enum Criticality {
 }
 
 impl Criticality {
+    pub const ALL: [Criticality; 2] = [Criticality::Critical, Criticality::Sheddable];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Critical => "critical",

@@ -72,6 +72,13 @@ pub(super) enum Unavailable {
 }
 
 impl Unavailable {
+    pub(super) const ALL: [Unavailable; 4] = [
+        Self::BreakerOpen,
+        Self::PoolBusy,
+        Self::Timeout,
+        Self::Redis,
+    ];
+
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::BreakerOpen => "breaker_open",

@@ -58,8 +58,21 @@ struct Inner {
 }
 
 impl Limiter {
-    /// Builds the limiter on the cache's Redis pool and breaker.
+    /// Builds the limiter on the cache's Redis pool and breaker, and starts its counters at
+    /// zero for every policy (and fallback reason): a dashboard sees "nothing refused"
+    /// rather than no data, and `rate()` counts the first refusal.
     pub fn new(config: &RateLimitConfig, redis: &RedisConfig, cache: &Cache) -> Self {
+        for policy in Policy::ALL {
+            counter!(names::RATE_LIMITED, "policy" => policy.as_str()).increment(0);
+            for reason in fleet::Unavailable::ALL {
+                counter!(
+                    names::RATE_LIMIT_FALLBACK,
+                    "policy" => policy.as_str(),
+                    "reason" => reason.as_str()
+                )
+                .increment(0);
+            }
+        }
         let (pool, breaker) = cache.redis();
         Self(Arc::new(Inner {
             config: config.clone(),

@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::config::GuardrailsConfig;
+use crate::config::{GuardrailsConfig, RouteClass};
 use crate::flags::{Flag, Flags};
 use crate::http::ApiError;
 use crate::http::route_class::Classifier;
@@ -37,7 +37,12 @@ struct Inner {
 }
 
 impl Deadlines {
+    /// Also starts `keel_deadline_exceeded_total` at zero for every route class: a
+    /// dashboard sees "none expired" rather than no data, and `rate()` counts the first.
     pub fn new(flags: Flags, config: &GuardrailsConfig) -> Self {
+        for class in RouteClass::ALL {
+            metrics::counter!(names::DEADLINE_EXCEEDED, "class" => class.as_str()).increment(0);
+        }
         Self(Arc::new(Inner {
             flags,
             classifier: Classifier::new(config.criticality.clone()),

@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::config::{Criticality, GuardrailsConfig};
+use crate::config::{Criticality, GuardrailsConfig, RouteClass};
 use crate::flags::{Flag, Flags};
 use crate::http::problem::Problem;
 use crate::http::route_class::Classifier;
@@ -41,7 +41,20 @@ struct Inner {
 }
 
 impl Shedder {
+    /// Also starts `keel_shed_total` at zero for every criticality and class
+    /// (`KEEL_CRITICALITY` can give any class either): a dashboard sees "nothing shed"
+    /// rather than no data, and `rate()` counts the first refusal.
     pub fn new(flags: Flags, config: &GuardrailsConfig) -> Self {
+        for criticality in Criticality::ALL {
+            for class in RouteClass::ALL {
+                metrics::counter!(
+                    names::SHED,
+                    "criticality" => criticality.as_str(),
+                    "class" => class.as_str()
+                )
+                .increment(0);
+            }
+        }
         let s = &config.shedding;
         let limit = AdaptiveLimit::new(LimitSettings {
             initial: s.initial_limit,

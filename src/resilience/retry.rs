@@ -59,8 +59,12 @@ struct Inner {
 }
 
 impl Retry {
-    /// `dependency` labels the metrics (`redis`).
+    /// `dependency` labels the metrics (`redis`), which start at zero: a dashboard sees
+    /// "no retries" rather than no data, and `rate()` counts the first one.
     pub fn new(dependency: &'static str, settings: RetrySettings) -> Self {
+        for name in [RETRIES, RETRY_BUDGET_EXHAUSTED] {
+            metrics::counter!(name, "dependency" => dependency).increment(0);
+        }
         Self(Arc::new(Inner {
             dependency,
             settings,

@@ -13,6 +13,12 @@
 //! Add its name as a constant and a `describe_*!` line in `describe`; record it anywhere
 //! with the `metrics` macros (`metrics::counter!(names::X, "label" => v).increment(1)`).
 //! Histograms whose names end in `_seconds` get [`LATENCY_BUCKETS`].
+//!
+//! A counter of something that should rarely happen (a 429, a shed request, an expired
+//! deadline, a retry) is started at zero where its labels are known, as the component
+//! that counts it is built (`.increment(0)` for each label set): otherwise the series
+//! does not exist until the first event, so a dashboard shows no data instead of 0, and
+//! `rate()` misses that first event.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -150,9 +150,23 @@ async fn metrics(app: &TestApp) -> String {
         .unwrap()
 }
 
+/// The sum of the series in a scrape whose line starts with `prefix` (the counters start at
+/// zero, so being there says nothing: the count must have grown).
+fn counted(scrape: &str, prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 async fn the_request_past_the_budget_gets_429_with_retry_after_and_well_formed_fields() {
     let app = spawn_app_with(|vars| set(vars, &[("KEEL_RATE_LIMIT_SIGNUP_IP", "3/1m")])).await;
+    let refused_before = counted(
+        &metrics(&app).await,
+        r#"keel_rate_limited_total{policy="signup-ip"}"#,
+    );
     let signup = |n: u32| {
         let email = format!("u{n}-{}@example.com", Uuid::now_v7().simple());
         app.request(Method::POST, "/v1/users", None)
@@ -188,9 +202,11 @@ async fn the_request_past_the_budget_gets_429_with_retry_after_and_well_formed_f
         .unwrap();
     assert_eq!(users, 3, "the refused sign-up reached no handler");
     assert!(
-        metrics(&app)
-            .await
-            .contains(r#"keel_rate_limited_total{policy="signup-ip"}"#)
+        counted(
+            &metrics(&app).await,
+            r#"keel_rate_limited_total{policy="signup-ip"}"#
+        ) > refused_before,
+        "the refusal is counted"
     );
 }
 
@@ -283,6 +299,8 @@ async fn with_redis_cut_the_in_process_fallback_still_limits() {
     })
     .await;
     let prefix = format!("{}rl:", app.test_db.redis_prefix());
+    let fallback = r#"keel_rate_limit_fallback_total{policy="anon",reason="#;
+    let fallback_before = counted(&metrics(&app).await, fallback);
     proxy.cut();
 
     let mut statuses = Vec::new();
@@ -306,9 +324,8 @@ async fn with_redis_cut_the_in_process_fallback_still_limits() {
         redis_keys(&prefix).await.is_empty(),
         "Redis was not reached"
     );
-    let exposition = metrics(&app).await;
     assert!(
-        exposition.contains(r#"keel_rate_limit_fallback_total{policy="anon",reason="#),
+        counted(&metrics(&app).await, fallback) > fallback_before,
         "fallback use is counted"
     );
     // Redis back: the fleet's budget (fresh: the outage's spending stayed in process).
