@@ -636,6 +636,7 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
     let measured: Vec<&Record> = records.iter().filter(|r| r.due >= 0.0).collect();
     let mut ok: Vec<u64> = Vec::new();
     let mut refused: Vec<u64> = Vec::new();
+    let mut refused_by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_kind: BTreeMap<&str, [u64; 2]> = BTreeMap::new();
     // Per second of the window: [sent, 2xx, refused, other failures] and the 2xx latencies.
@@ -661,8 +662,12 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
                 second.1.push(r.latency_us);
                 kind[1] += 1;
             }
-            Outcome::Refused(_) => {
+            Outcome::Refused(refusal) => {
                 refused.push(r.latency_us);
+                refused_by
+                    .entry(format!("{refusal:?}"))
+                    .or_default()
+                    .push(r.latency_us);
                 second.0[2] += 1;
             }
             _ => second.0[3] += 1,
@@ -697,6 +702,13 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
         "outcomes": outcomes,
         "ok_latency": percentiles(&ok),
         "refused_latency": percentiles(&refused),
+        "refused_latency_by_kind": refused_by
+            .into_iter()
+            .map(|(kind, mut latencies)| {
+                latencies.sort_unstable();
+                (kind, percentiles(&latencies))
+            })
+            .collect::<BTreeMap<_, _>>(),
         "by_kind": by_kind.into_iter().map(|(k, [sent, ok])| (k, json!({"sent": sent, "ok": ok}))).collect::<BTreeMap<_, _>>(),
         "timeline": timeline,
     })
