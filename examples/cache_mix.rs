@@ -28,7 +28,6 @@
 //! over the run's length), p50/p90/p99/max latency in ms, the requests by kind, the keys.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,26 +35,22 @@ use anyhow::{Context as _, bail};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
+use reqwest::Client;
 use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION};
-use reqwest::{Client, Url};
 use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The run's `accept-encoding`, oha's default (browsers send much the same): Keel
-/// compresses a body over `KEEL_COMPRESSION_MIN_BYTES` (a page of tasks), and a request of
-/// the mix must cost what oha's does. The run reads the bodies and never decodes them; the
-/// start-up, which parses its pages, asks for none.
-const ACCEPT: &str = "gzip, compress, deflate, br";
+#[path = "load/shared.rs"]
+mod shared;
+use shared::{ACCEPT, check_loopback, page_ids, skewed};
+
 /// How long one request may take, at start-up and during the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests one worker sends, whatever the duration.
 const MAX_REQUESTS_PER_WORKER: usize = 5_000_000;
 /// The most workers: connections to a service on the same machine.
 const MAX_CONCURRENCY: usize = 1024;
-/// The skew: this share of the requests goes to [`HOT_KEYS`] of each kind's keys.
-const HOT_REQUESTS: f64 = 0.8;
-const HOT_KEYS: f64 = 0.2;
 /// The mix: a task, a first page, a project, the caller (50/25/15/10 %), as cumulative
 /// shares; [`Mix::pick`] returns the kind's index.
 const THRESHOLDS: [f64; 3] = [0.50, 0.75, 0.90];
@@ -78,17 +73,6 @@ struct UserReport {
     token: String,
 }
 
-/// A page of the API (projects or tasks): only the ids matter here.
-#[derive(Deserialize)]
-struct Page {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    id: Uuid,
-}
-
 /// What the run reads: the users' `authorization` values, and per kind of request (in the
 /// order of [`THRESHOLDS`]) the URLs with the index of a user allowed to read them.
 struct Mix {
@@ -106,29 +90,8 @@ impl Mix {
     }
 }
 
-/// An index into `len` keys (at least one): [`HOT_REQUESTS`] of the draws fall in the
-/// first [`HOT_KEYS`] of them, the rest in the others.
-fn skewed(rng: &mut StdRng, len: usize) -> usize {
-    let hot = ((len as f64 * HOT_KEYS).ceil() as usize).clamp(1, len);
-    if hot == len || rng.random_bool(HOT_REQUESTS) {
-        rng.random_range(0..hot)
-    } else {
-        rng.random_range(hot..len)
-    }
-}
-
 async fn get_page(client: &Client, url: String, auth: &str) -> anyhow::Result<Vec<Uuid>> {
-    let page: Page = client
-        .get(&url)
-        .header(AUTHORIZATION, auth)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("GET {url}"))?
-        .json()
-        .await
-        .with_context(|| format!("GET {url}: not a page"))?;
-    Ok(page.items.into_iter().map(|i| i.id).collect())
+    page_ids(client.get(&url).header(AUTHORIZATION, auth), &url).await
 }
 
 /// The users of the report, their projects and the tasks of those projects' first pages.
@@ -217,12 +180,7 @@ fn arguments() -> anyhow::Result<(String, String, Duration, usize, u64)> {
     let [base, report, duration, concurrency, seed] = args.as_slice() else {
         bail!("{usage}");
     };
-    let url = Url::parse(base).context("BASE_URL")?;
-    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback || url.path() != "/" {
-        bail!("BASE_URL={base}: a loopback URL without a path (load stays on this machine)");
-    }
+    check_loopback("BASE_URL", base)?;
     let duration = humantime::parse_duration(duration).context("DURATION (10s, 500ms, 2m)")?;
     let concurrency: usize = concurrency.parse().context("CONCURRENCY")?;
     if duration.is_zero() || !(1..=MAX_CONCURRENCY).contains(&concurrency) {

@@ -9,7 +9,7 @@
 //!   `GET /v1/projects/{id}` 15 %, `GET /v1/me` 10 %; `POST /v1/projects/{id}/tasks`,
 //!   `PATCH /v1/tasks/{id}` (status) and `POST /v1/tasks/{id}/comments` 5 % each; and
 //!   `POST /v1/auth/token` 5 %, as a seeded user drawn from all of them. Users are drawn
-//!   with a skew: 80 % of the requests come from the first 20 % of them.
+//!   with `shared::skewed`: 80 % of the requests come from the first 20 % of them.
 //! * **Clients have addresses.** Keel is meant to run behind a proxy here
 //!   (`KEEL_TRUSTED_PROXIES=127.0.0.1`): each user sends from an address of its own in
 //!   10.0.0.0/8 (`X-Forwarded-For`), each sign-in from a fresh one, so the per-address
@@ -34,13 +34,13 @@
 //!     --duration 20s --warmup 5s --warmup-rate 500 --seed 42
 //! ```
 //!
-//! It prints one JSON line: the offered and achieved rates, goodput (2xx per second), the
+//! It prints one JSON line: the offered and achieved rates, goodput (2xx answered within the measured window, per second), the
 //! outcomes (2xx, 429, 503 by problem type, other statuses, timeouts, transport errors),
 //! p50/p90/p99/max of the 2xx latencies and of the refusals (429 and 503), counts by kind,
 //! and a per-second timeline.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,15 +49,17 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::{Client, Method, StatusCode, Url};
+use reqwest::{Client, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// oha's default `accept-encoding`, as in `cache_mix`: pages are compressed.
-const ACCEPT: &str = "gzip, compress, deflate, br";
+#[path = "load/shared.rs"]
+mod shared;
+use shared::{ACCEPT, check_loopback, page_ids, skewed};
+
 /// How long after it was due a request is given up (a client's timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests on the wire at once, at most (open loop): the connections a client fleet opens.
@@ -70,9 +72,6 @@ const SIGN_IN_CONCURRENCY: usize = 4;
 const SIGN_IN_TRIES: u64 = 10;
 /// Projects per user whose first page of tasks start-up reads.
 const PROJECTS_PER_USER: usize = 2;
-/// The skew of users: this share of the requests comes from [`HOT_USERS`] of them.
-const HOT_REQUESTS: f64 = 0.8;
-const HOT_USERS: f64 = 0.2;
 
 #[derive(Parser)]
 #[command(about = "The guardrails benchmark's mixed workload (see the source's docs)")]
@@ -120,16 +119,6 @@ struct Report {
 #[derive(Deserialize)]
 struct Counts {
     users: u64,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    id: Uuid,
 }
 
 #[derive(Deserialize)]
@@ -247,35 +236,17 @@ fn seed_email(n: u64) -> String {
     format!("user{n:07}@seed.keel.dev")
 }
 
-/// An index into `len` users: [`HOT_REQUESTS`] of the draws fall in the first
-/// [`HOT_USERS`] of them.
-fn skewed(rng: &mut StdRng, len: usize) -> usize {
-    let hot = ((len as f64 * HOT_USERS).ceil() as usize).clamp(1, len);
-    if hot == len || rng.random_bool(HOT_REQUESTS) {
-        rng.random_range(0..hot)
-    } else {
-        rng.random_range(hot..len)
-    }
-}
-
 /// User `n`'s own address, 10.0.0.0/8 (distinct for the first 16 million users).
 fn user_address(n: usize) -> String {
     Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff)).to_string()
 }
 
 async fn ids(client: &Client, url: String, auth: &str, address: &str) -> anyhow::Result<Vec<Uuid>> {
-    let page: Page = client
+    let request = client
         .get(&url)
         .header(AUTHORIZATION, auth)
-        .header("x-forwarded-for", address)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("GET {url}"))?
-        .json()
-        .await
-        .with_context(|| format!("GET {url}: not a page"))?;
-    Ok(page.items.into_iter().map(|i| i.id).collect())
+        .header("x-forwarded-for", address);
+    page_ids(request, &url).await
 }
 
 /// Signs user `n` in and reads what it may use.
@@ -676,6 +647,13 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
     ok.sort_unstable();
     refused.sort_unstable();
     let sent = measured.len() as u64;
+    // Goodput counts the 2xx that arrived within the window: a request due in it but
+    // answered after it (a queue draining) is served load of a later second, and counting
+    // it here would credit a queueing server with work it did after the window.
+    let ok_in_window = measured
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok && r.due + r.latency_us as f64 / 1e6 <= seconds)
+        .count();
     let timeline: Vec<_> = timeline
         .into_iter()
         .enumerate()
@@ -694,7 +672,8 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
         "sent": sent,
         "sent_per_second": sent as f64 / seconds,
         "ok": ok.len(),
-        "goodput_per_second": ok.len() as f64 / seconds,
+        "ok_in_window": ok_in_window,
+        "goodput_per_second": ok_in_window as f64 / seconds,
         "refused": refused.len(),
         "refused_share": if sent == 0 { 0.0 } else { refused.len() as f64 / sent as f64 },
         "failed": failed,
@@ -715,15 +694,7 @@ fn summary(records: &[Record], seconds: f64, offered: Option<f64>) -> serde_json
 }
 
 fn check(args: &Args) -> anyhow::Result<()> {
-    let url = Url::parse(&args.base).context("--base")?;
-    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback || url.path() != "/" {
-        bail!(
-            "--base {}: a loopback URL without a path (load stays on this machine)",
-            args.base
-        );
-    }
+    check_loopback("--base", &args.base)?;
     if args.duration.is_zero() || args.duration > Duration::from_secs(600) {
         bail!("--duration: more than zero, at most 10m");
     }

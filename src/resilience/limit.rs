@@ -57,7 +57,9 @@
 //! - When fewer than half the limit were in flight during a window the limit is left as
 //!   is: a lightly loaded service says nothing about its capacity.
 //! - `min` and `max` bound it; the gradient's floor of 0.5 keeps one slow window from
-//!   halving capacity more than once per window.
+//!   halving capacity more than once per window. That floor also means the limit never
+//!   settles below `2 × queue` (`target = limit/2 + queue`), however slow the service
+//!   gets: with the defaults that is 8, the default `min` as well.
 //!
 //! Requests ask with a share of the limit ([`AdaptiveLimit::try_acquire`]): critical work
 //! may fill it, sheddable work only part of it, so sheddable requests are refused first
@@ -341,10 +343,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_limit_stays_within_its_bounds() {
+        // Under the gradient's floor of 0.5 the limit settles at 2 × queue (the docs): a
+        // headroom of 1 puts that below `min`, so the floor is what stops it.
         let limit = AdaptiveLimit::new(LimitSettings {
             initial: 4,
             min: 4,
             max: 8,
+            queue: 1,
             ..settings()
         });
         feed(&limit, 50, Duration::from_millis(10), 8).await;
