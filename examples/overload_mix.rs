@@ -34,8 +34,9 @@
 //!     --duration 20s --warmup 5s --warmup-rate 500 --seed 42
 //! ```
 //!
-//! It prints one JSON line: the offered and achieved rates, goodput (2xx answered within the measured window, per second), the
-//! outcomes (2xx, 429, 503 by problem type, other statuses, timeouts, transport errors),
+//! It prints one JSON line: the offered and achieved rates, goodput (the 2xx answered within
+//! the measured window, per second), the outcomes (2xx, 429, 503 by problem type, other
+//! statuses, timeouts, transport errors),
 //! p50/p90/p99/max of the 2xx latencies and of the refusals (429 and 503), counts by kind,
 //! and a per-second timeline.
 
