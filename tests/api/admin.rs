@@ -189,14 +189,7 @@ async fn only_flags_whose_fix_exists_are_listed_registered_and_on_by_default() {
     // A name the build does not know is not a switch.
     let response = set_flag(&app, "made_up", false).await;
     assert_problem(response, StatusCode::NOT_FOUND).await;
-    let metrics = app
-        .admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     // (The recorder is shared by every app of the test process, so the gauge's value may
     // be another test's; that the series exists, and no other, is what is checked here.)
     for name in names {

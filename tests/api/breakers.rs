@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TcpProxy, TestApp, TestDb, TestUser, amqp_addr, eventually, pool_through,
-    postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_mailing, spawn_role,
+    ADMIN_TOKEN, TcpProxy, TestApp, TestDb, TestUser, amqp_addr, counter_sum, eventually,
+    pool_through, postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_mailing,
+    spawn_role,
 };
 use crate::smtp_sink::{Behaviour, SmtpSink};
 
@@ -75,24 +76,6 @@ async fn assign(app: &TestApp, owner: &TestUser, project: Uuid, member: &TestUse
     took
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of a counter series in a scrape, 0 when absent.
-fn counter(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_dead_rabbitmq_trips_its_breaker_and_jobs_wait_in_the_outbox_until_it_is_back() {
     let sink = SmtpSink::start(Behaviour::default()).await;
@@ -106,8 +89,8 @@ async fn a_dead_rabbitmq_trips_its_breaker_and_jobs_wait_in_the_outbox_until_it_
     .await;
     let breaker = app.state.broker.breaker().clone();
     let (owner, project, member) = team(&app).await;
-    let opened_before = counter(
-        &metrics(&app).await,
+    let opened_before = counter_sum(
+        &app.metrics().await,
         r#"keel_breaker_transitions_total{breaker="rabbitmq",to="open"}"#,
     );
 
@@ -130,9 +113,9 @@ async fn a_dead_rabbitmq_trips_its_breaker_and_jobs_wait_in_the_outbox_until_it_
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["status"], "degraded");
     assert_eq!(report["dependencies"]["rabbitmq"], "down");
-    let scrape = metrics(&app).await;
+    let scrape = app.metrics().await;
     assert!(
-        counter(
+        counter_sum(
             &scrape,
             r#"keel_breaker_transitions_total{breaker="rabbitmq",to="open"}"#
         ) > opened_before,

@@ -487,6 +487,17 @@ impl TestApp {
         self.client.request(method, format!("{}{path}", self.admin))
     }
 
+    /// `GET /metrics` on the admin listener: the Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .admin_request(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("the admin listener answers");
+        assert_eq!(response.status(), StatusCode::OK, "GET /metrics");
+        response.text().await.expect("a metrics exposition")
+    }
+
     /// `GET /readyz` on the admin listener: the status and the report.
     pub async fn readyz(&self) -> (StatusCode, Value) {
         let response = self
@@ -709,4 +720,16 @@ pub fn pool_through(proxy: &TcpProxy, test_db: &TestDb) -> PgPool {
                 .host("127.0.0.1")
                 .port(proxy.addr.port()),
         )
+}
+
+/// The sum of the series in a metrics scrape whose line starts with `prefix` (a full series
+/// such as `name{label="v"}`, or a name and the start of its labels); 0 when none. The
+/// recorder is shared by the test process and counters start at zero, so a test compares
+/// the sum before and after what it does.
+pub fn counter_sum(scrape: &str, prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }

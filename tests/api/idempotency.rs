@@ -163,14 +163,7 @@ async fn a_repeat_with_the_same_key_gets_the_first_response_and_creates_nothing(
             "{route}: no jobs for the replay"
         );
     }
-    let metrics = app
-        .admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .lines()

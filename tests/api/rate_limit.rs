@@ -15,8 +15,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    PASSWORD, TcpProxy, TestApp, TestDb, assert_problem, base_vars, eventually, redis, redis_addr,
-    redis_keys, spawn_app_with, spawn_app_with_pool,
+    PASSWORD, TcpProxy, TestApp, TestDb, assert_problem, base_vars, counter_sum, eventually, redis,
+    redis_addr, redis_keys, spawn_app_with, spawn_app_with_pool,
 };
 
 /// One member of a Structured Fields list as the draft uses them: a string naming a
@@ -140,31 +140,11 @@ fn set(vars: &mut HashMap<String, String>, pairs: &[(&str, &str)]) {
     }
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The sum of the series in a scrape whose line starts with `prefix` (the counters start at
-/// zero, so being there says nothing: the count must have grown).
-fn counted(scrape: &str, prefix: &str) -> f64 {
-    scrape
-        .lines()
-        .filter_map(|line| line.strip_prefix(prefix))
-        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn the_request_past_the_budget_gets_429_with_retry_after_and_well_formed_fields() {
     let app = spawn_app_with(|vars| set(vars, &[("KEEL_RATE_LIMIT_SIGNUP_IP", "3/1m")])).await;
-    let refused_before = counted(
-        &metrics(&app).await,
+    let refused_before = counter_sum(
+        &app.metrics().await,
         r#"keel_rate_limited_total{policy="signup-ip"}"#,
     );
     let signup = |n: u32| {
@@ -202,8 +182,8 @@ async fn the_request_past_the_budget_gets_429_with_retry_after_and_well_formed_f
         .unwrap();
     assert_eq!(users, 3, "the refused sign-up reached no handler");
     assert!(
-        counted(
-            &metrics(&app).await,
+        counter_sum(
+            &app.metrics().await,
             r#"keel_rate_limited_total{policy="signup-ip"}"#
         ) > refused_before,
         "the refusal is counted"
@@ -300,7 +280,7 @@ async fn with_redis_cut_the_in_process_fallback_still_limits() {
     .await;
     let prefix = format!("{}rl:", app.test_db.redis_prefix());
     let fallback = r#"keel_rate_limit_fallback_total{policy="anon",reason="#;
-    let fallback_before = counted(&metrics(&app).await, fallback);
+    let fallback_before = counter_sum(&app.metrics().await, fallback);
     proxy.cut();
 
     let mut statuses = Vec::new();
@@ -325,7 +305,7 @@ async fn with_redis_cut_the_in_process_fallback_still_limits() {
         "Redis was not reached"
     );
     assert!(
-        counted(&metrics(&app).await, fallback) > fallback_before,
+        counter_sum(&app.metrics().await, fallback) > fallback_before,
         "fallback use is counted"
     );
     // Redis back: the fleet's budget (fresh: the outage's spending stayed in process).
