@@ -103,15 +103,25 @@ pub struct GuardrailsConfig {
     pub shedding: SheddingConfig,
 }
 
-/// The load shedder's adaptive concurrency limit (Gradient2; `resilience::limit` explains
-/// each parameter).
+/// The load shedder: its adaptive concurrency limit, and the share of it that sheddable
+/// requests may fill.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SheddingConfig {
+    pub limit: LimitSettings,
+    /// `KEEL_SHED_SHEDDABLE_SHARE`: the share of the limit sheddable requests may fill;
+    /// past it they are refused while critical ones are still admitted.
+    pub sheddable_share: f64,
+}
+
+/// The adaptive concurrency limit's parameters (Gradient2; `resilience::limit` explains
+/// each and uses them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitSettings {
     /// `KEEL_SHED_INITIAL_LIMIT`: the limit at start-up, before any latency is known.
-    pub initial_limit: usize,
+    pub initial: usize,
     /// `KEEL_SHED_MIN_LIMIT`, `KEEL_SHED_MAX_LIMIT`: the bounds of the limit.
-    pub min_limit: usize,
-    pub max_limit: usize,
+    pub min: usize,
+    pub max: usize,
     /// `KEEL_SHED_TOLERANCE`: how much slower than usual requests may get before the
     /// limit shrinks.
     pub tolerance: f64,
@@ -125,9 +135,6 @@ pub struct SheddingConfig {
     /// and holds at least this many requests.
     pub window: Duration,
     pub window_samples: usize,
-    /// `KEEL_SHED_SHEDDABLE_SHARE`: the share of the limit sheddable requests may fill;
-    /// past it they are refused while critical ones are still admitted.
-    pub sheddable_share: f64,
 }
 impl GuardrailsConfig {
     /// The deadline of a class of routes.
@@ -179,10 +186,10 @@ impl SheddingConfig {
                 ),
             ));
         }
-        Ok(Self {
-            initial_limit,
-            min_limit,
-            max_limit,
+        let limit = LimitSettings {
+            initial: initial_limit,
+            min: min_limit,
+            max: max_limit,
             tolerance: vars.range("KEEL_SHED_TOLERANCE", 1.5, 1.0, 10.0)?,
             smoothing: vars.range("KEEL_SHED_SMOOTHING", 0.2, 0.01, 1.0)?,
             queue: vars.range("KEEL_SHED_QUEUE", 4, 0, 1000)?,
@@ -194,6 +201,9 @@ impl SheddingConfig {
                 Duration::from_secs(10),
             )?,
             window_samples: vars.range("KEEL_SHED_WINDOW_SAMPLES", 10, 1, 100_000)?,
+        };
+        Ok(Self {
+            limit,
             sheddable_share: vars.range("KEEL_SHED_SHEDDABLE_SHARE", 0.75, 0.05, 1.0)?,
         })
     }
@@ -241,7 +251,7 @@ mod tests {
             assert!(g.deadline(class) >= Duration::from_secs(1), "{class}");
         }
         assert!(g.criticality.is_empty());
-        assert_eq!(g.shedding.initial_limit, 32);
+        assert_eq!(g.shedding.limit.initial, 32);
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub use auth::{AuthConfig, DEV_ADMIN_TOKEN, DEV_JWT_SECRET, JwtConfig};
 pub use database::DatabaseConfig;
 pub use flags::FlagsConfig;
 pub use guardrails::{
-    Criticality, CriticalityOverride, GuardrailsConfig, RouteClass, SheddingConfig,
+    Criticality, CriticalityOverride, GuardrailsConfig, LimitSettings, RouteClass, SheddingConfig,
 };
 pub use http::HttpConfig;
 pub use idempotency::IdempotencyConfig;

@@ -26,7 +26,7 @@ use crate::config::{Criticality, GuardrailsConfig, RouteClass};
 use crate::flags::{Flag, Flags};
 use crate::http::problem::Problem;
 use crate::http::route_class::Classifier;
-use crate::resilience::{AdaptiveLimit, LimitSettings};
+use crate::resilience::AdaptiveLimit;
 use crate::telemetry::metrics::names;
 
 /// The shedder's state; cloned per route, shared underneath.
@@ -55,23 +55,12 @@ impl Shedder {
                 .increment(0);
             }
         }
-        let s = &config.shedding;
-        let limit = AdaptiveLimit::new(LimitSettings {
-            initial: s.initial_limit,
-            min: s.min_limit,
-            max: s.max_limit,
-            tolerance: s.tolerance,
-            smoothing: s.smoothing,
-            queue: s.queue,
-            long_window: s.long_window,
-            window: s.window,
-            window_samples: s.window_samples,
-        });
+        let limit = AdaptiveLimit::new(config.shedding.limit);
         Self(Arc::new(Inner {
             flags,
             classifier: Classifier::new(config.criticality.clone()),
             limit,
-            sheddable_share: s.sheddable_share,
+            sheddable_share: config.shedding.sheddable_share,
         }))
     }
 }
@@ -145,9 +134,9 @@ mod tests {
         let mut config = Config::from_map(&Default::default(), crate::config::Environment::Dev)
             .expect("defaults are valid")
             .guardrails;
-        config.shedding.initial_limit = 16;
-        config.shedding.min_limit = 2;
-        config.shedding.queue = 2;
+        config.shedding.limit.initial = 16;
+        config.shedding.limit.min = 2;
+        config.shedding.limit.queue = 2;
         let cores = Arc::new(Semaphore::new(CORES));
         let work = move || {
             let cores = cores.clone();

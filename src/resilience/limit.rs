@@ -77,19 +77,8 @@ use crate::telemetry::metrics::names;
 /// Windows averaged plainly before the long average turns exponential.
 const WARMUP: usize = 10;
 
-/// Gradient2's parameters (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LimitSettings {
-    pub initial: usize,
-    pub min: usize,
-    pub max: usize,
-    pub tolerance: f64,
-    pub smoothing: f64,
-    pub queue: usize,
-    pub long_window: usize,
-    pub window: Duration,
-    pub window_samples: usize,
-}
+/// Gradient2's parameters (see the module docs), read with the rest of the configuration.
+pub use crate::config::LimitSettings;
 
 /// The limit and the requests in flight under it, shared by every route: one limit for
 /// the whole listener.
