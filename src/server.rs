@@ -344,11 +344,11 @@ fn stack(router: Router, config: &HttpConfig, listener: Listener, metrics: bool)
         header::COOKIE,
         header::PROXY_AUTHORIZATION,
     ];
-    let public = matches!(listener, Listener::Public(_));
     let guardrails = match listener {
         Listener::Public(guardrails) => Some(guardrails),
         Listener::Admin => None,
     };
+    let public = guardrails.is_some();
     router.layer(
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new(sensitive.clone()))
