@@ -100,6 +100,11 @@ struct SeedArgs {
     /// Empty the data tables first (a database with data is refused otherwise).
     #[arg(long)]
     reset: bool,
+    /// Users listed in the report with a bearer token (`sample_users`; members of a project
+    /// first): a load test's pre-issued sessions, so that no sign-in costs a password hash
+    /// before it measures.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    tokens: u64,
     /// Write the JSON report (ids, tokens) here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -218,6 +223,7 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| chrono::Utc::now().date_naive()),
         password: args.password,
         reset: args.reset,
+        tokens: args.tokens,
     };
     let passwords = PasswordHasher::new(
         config.auth.password_hash_concurrency,

@@ -51,6 +51,9 @@ pub struct SeedOptions {
     pub password: String,
     /// Empty the data tables first (otherwise a non-empty database is refused).
     pub reset: bool,
+    /// How many users the report lists with a token (at most every user): members of a
+    /// project first, in the generator's order.
+    pub tokens: u64,
 }
 
 /// The report: what load tests need to know about the data set.
@@ -391,7 +394,18 @@ fn report(
     let busiest_assignee = busiest
         .map(|(index, count)| user(*index, Some(*count)))
         .transpose()?;
-    let sample_users = (0..world.users.len().min(10))
+    // Members of a project first: a load test's users need something to read and write.
+    let mut member = vec![false; world.users.len()];
+    for project in &world.projects {
+        for (index, _) in &project.members {
+            member[*index] = true;
+        }
+    }
+    let wanted = usize::try_from(options.tokens).unwrap_or(usize::MAX);
+    let sample_users = (0..world.users.len())
+        .filter(|&i| member[i])
+        .chain((0..world.users.len()).filter(|&i| !member[i]))
+        .take(wanted)
         .map(|i| user(i, None))
         .collect::<anyhow::Result<_>>()?;
     let seconds = elapsed.as_secs_f64();

@@ -237,6 +237,7 @@ async fn seeded() -> (TestDb, keel::seed::SeedReport) {
         anchor: chrono::NaiveDate::from_ymd_opt(2026, 6, 1).unwrap(),
         password: "seeded-password".into(),
         reset: false,
+        tokens: 10,
     };
     let passwords = keel::auth::PasswordHasher::new(2, std::time::Duration::from_secs(10));
     let tokens = keel::auth::Keyring::new(&config.auth.jwt);

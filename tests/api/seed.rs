@@ -17,6 +17,7 @@ fn options(seed: u64) -> SeedOptions {
         anchor: NaiveDate::from_ymd_opt(2026, 6, 1).unwrap(),
         password: "seeded-password".into(),
         reset: false,
+        tokens: 25,
     }
 }
 
@@ -140,6 +141,11 @@ async fn seeded_users_can_sign_in_and_read_their_largest_project() {
     // The report's own token works too.
     let me = app.get_json("/v1/me", &project.owner.token).await;
     assert_eq!(me["email"], project.owner.email.as_str());
+    // `--tokens`: a load test's pre-issued sessions, each for a different user.
+    assert_eq!(report.sample_users.len(), 25);
+    let last = report.sample_users.last().unwrap();
+    let me = app.get_json("/v1/me", &last.token).await;
+    assert_eq!(me["email"], last.email.as_str());
 }
 
 #[tokio::test]
