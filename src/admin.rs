@@ -1,9 +1,16 @@
-//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics and the fix flags.
+//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics, the fix flags and
+//! the fault switches.
 //!
 //! A separate listener, not a path prefix on the public one: it binds to loopback (or a
 //! cluster-internal address) by default, the public listener answers 404 for all of it,
-//! and the flag API needs `KEEL_ADMIN_TOKEN`, which is not a user token (and a user token
-//! is not an admin token).
+//! and the flag and fault APIs need `KEEL_ADMIN_TOKEN`, which is not a user token (and a
+//! user token is not an admin token).
+//!
+//! Both kinds of switch are written to the shared store (which notifies every instance's
+//! refresher) and applied here at once. They are written on the raw pool, not through
+//! `db::Db`: a workshop that has made Postgres fail (`PUT /admin/faults/postgres`), or
+//! whose Postgres breaker has opened on those failures, must still be able to switch it
+//! back.
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -19,9 +26,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::db;
+use crate::domain::{FieldError, ValidationErrors};
 use crate::flags::{Flag, FlagState};
 use crate::http::{ApiError, AppJson, AppPath};
 use crate::readiness::Report;
+use crate::resilience::{Dependency, Fault, FaultState};
 use crate::state::AppState;
 use crate::telemetry::metrics::{self, PoolStats, Scrape};
 
@@ -33,6 +42,8 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(prometheus))
         .route("/admin/flags", get(list_flags))
         .route("/admin/flags/{name}", put(set_flag))
+        .route("/admin/faults", get(list_faults))
+        .route("/admin/faults/{dependency}", put(set_fault))
 }
 
 /// Liveness: the process is running and serving.
@@ -171,7 +182,7 @@ async fn set_flag(
 ) -> Result<Json<FlagBody>, ApiError> {
     let flag = Flag::from_name(&name).ok_or(ApiError::NotFound("flag"))?;
     crate::flags::register(state.db.pool()).await?;
-    let row = db::flags::set(&state.db, flag.name(), body.enabled)
+    let row = db::flags::set(state.db.pool(), flag.name(), body.enabled)
         .await?
         .ok_or(ApiError::NotFound("flag"))?;
     state.flags.apply(std::slice::from_ref(&row));
@@ -187,4 +198,149 @@ async fn set_flag(
         .find(|s| s.flag == flag)
         .ok_or(ApiError::NotFound("flag"))?;
     Ok(Json(current.into()))
+}
+
+#[derive(Serialize)]
+struct FaultBody {
+    dependency: &'static str,
+    latency_ms: u32,
+    error_rate: f64,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<FaultState> for FaultBody {
+    fn from(state: FaultState) -> Self {
+        Self {
+            dependency: state.dependency.name(),
+            latency_ms: state.fault.latency_ms,
+            error_rate: state.fault.error_rate,
+            updated_at: state.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FaultList {
+    items: Vec<FaultBody>,
+}
+
+/// The fault switches as this instance currently applies them: every dependency, in the
+/// order postgres, redis, rabbitmq, smtp.
+async fn list_faults(State(state): State<AppState>, _: Admin) -> Json<FaultList> {
+    Json(FaultList {
+        items: state
+            .flags
+            .faults()
+            .snapshot()
+            .into_iter()
+            .map(FaultBody::from)
+            .collect(),
+    })
+}
+
+/// `latency_ms` is read as a signed 64-bit integer so that a negative or huge value is a
+/// 422 naming the range, like an out-of-range rate, rather than a type error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFault {
+    latency_ms: i64,
+    error_rate: f64,
+}
+
+impl SetFault {
+    /// The fault, or every field out of its range.
+    fn validate(&self) -> Result<Fault, ValidationErrors> {
+        let mut errors = Vec::new();
+        let latency_ms = u32::try_from(self.latency_ms)
+            .ok()
+            .filter(|&ms| ms <= Fault::MAX_LATENCY_MS);
+        if latency_ms.is_none() {
+            errors.push(FieldError {
+                field: "latency_ms".into(),
+                message: format!(
+                    "must be an integer from 0 to {} (milliseconds)",
+                    Fault::MAX_LATENCY_MS
+                ),
+            });
+        }
+        // `contains` is false for NaN.
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            errors.push(FieldError {
+                field: "error_rate".into(),
+                message: "must be a number from 0 to 1 (the share of calls that fail)".into(),
+            });
+        }
+        match latency_ms {
+            Some(latency_ms) if errors.is_empty() => Ok(Fault {
+                latency_ms,
+                error_rate: self.error_rate,
+            }),
+            _ => Err(ValidationErrors(errors)),
+        }
+    }
+}
+
+/// Sets a dependency's fault for every instance (`{0, 0}` clears it): written to the shared
+/// store and applied here at once, like a flag.
+async fn set_fault(
+    State(state): State<AppState>,
+    _: Admin,
+    AppPath(name): AppPath<String>,
+    AppJson(body): AppJson<SetFault>,
+) -> Result<Json<FaultBody>, ApiError> {
+    let dependency = Dependency::from_name(&name).ok_or(ApiError::NotFound("dependency"))?;
+    let fault = body.validate()?;
+    let latency_ms = i32::try_from(fault.latency_ms).map_err(anyhow::Error::new)?;
+    let row = db::faults::set(
+        state.db.pool(),
+        dependency.name(),
+        latency_ms,
+        fault.error_rate,
+    )
+    .await?;
+    state.flags.apply_faults(std::slice::from_ref(&row));
+    tracing::info!(
+        dependency = dependency.name(),
+        latency_ms = fault.latency_ms,
+        error_rate = fault.error_rate,
+        "fault switch changed"
+    );
+    let current = state
+        .flags
+        .faults()
+        .snapshot()
+        .into_iter()
+        .find(|s| s.dependency == dependency)
+        .ok_or(ApiError::NotFound("dependency"))?;
+    Ok(Json(current.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_is_valid_within_its_ranges_and_each_field_outside_them_is_named() {
+        let fault = |latency_ms, error_rate| SetFault {
+            latency_ms,
+            error_rate,
+        };
+        let fields = |body: SetFault| -> Vec<String> {
+            body.validate()
+                .map_or_else(|e| e.0.into_iter().map(|f| f.field).collect(), |_| vec![])
+        };
+
+        assert_eq!(
+            fault(10_000, 1.0).validate(),
+            Ok(Fault {
+                latency_ms: 10_000,
+                error_rate: 1.0
+            })
+        );
+        assert_eq!(fault(0, 0.0).validate(), Ok(Fault::NONE));
+        assert_eq!(fields(fault(0, f64::NAN)), ["error_rate"]);
+        assert_eq!(fields(fault(0, f64::INFINITY)), ["error_rate"]);
+        assert_eq!(fields(fault(i64::MIN, -0.5)), ["latency_ms", "error_rate"]);
+        assert_eq!(fields(fault(10_001, 0.5)), ["latency_ms"]);
+    }
 }

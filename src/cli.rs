@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use crate::auth::{Keyring, PasswordHasher};
 use crate::cache::Cache;
 use crate::config::{Config, DatabaseConfig, Environment, LogConfig, LogFormat};
-use crate::resilience::BreakerSwitch;
+use crate::resilience::{BreakerSwitch, Faults};
 use crate::seed::{SeedOptions, generate::Sizes};
 use crate::server::{Application, Role};
 use crate::{db, demo, flags, jobs, seed, shutdown, telemetry};
@@ -232,9 +232,13 @@ async fn seed_data(args: SeedArgs) -> anyhow::Result<()> {
     let tokens = Keyring::new(&config.auth.jwt);
     let report = seed::run(&pool, &options, &passwords, &tokens).await?;
     // A running service may hold entries of the data that `--reset` replaced.
-    // A one-shot command: its breaker follows no flag (one call could not trip it anyway).
+    // A one-shot command: its breaker follows no flag (one call could not trip it anyway),
+    // and no workshop fault is injected into it.
     let breakers = BreakerSwitch::default();
-    if let Err(e) = Cache::new(&config.redis, &breakers)?.drop_all().await {
+    if let Err(e) = Cache::new(&config.redis, &breakers, &Faults::default())?
+        .drop_all()
+        .await
+    {
         tracing::warn!(
             error = %e,
             "could not drop the cache's entries: a running service may serve replaced data \
@@ -273,7 +277,7 @@ async fn workshop(exercise: Workshop) -> anyhow::Result<()> {
 async fn jobs(command: Jobs) -> anyhow::Result<()> {
     let config = Config::from_env(Environment::Prod)?;
     let _logs = telemetry::init_for_command(&config.log)?;
-    let broker = jobs::Broker::new(&config.jobs, &BreakerSwitch::default());
+    let broker = jobs::Broker::new(&config.jobs, &BreakerSwitch::default(), &Faults::default());
     let topology = jobs::relay::topology(&config);
     match command {
         Jobs::Dead { limit, json } => {

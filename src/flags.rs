@@ -22,6 +22,16 @@
 //! is off; the start-up registration inserts its row (on), and `flags.enabled(Flag::X)`
 //! reads it where the fix and its naive path meet. Rows of flags this build does not
 //! know are ignored, so instances of different builds can share the table.
+//!
+//! # The fault switches
+//!
+//! The workshop's fault switches (`resilience::fault`: an added latency and a share of
+//! failing calls per dependency) travel the same way: their table (`fault_injections`)
+//! notifies on the flags' channel, and the one refresher reloads both on every
+//! notification and every poll. The snapshot lives here beside the flags and reaches the
+//! dependencies' clients like the `circuit_breaker` flag does: [`Flags::faults`] hands the
+//! layers below a shared [`Faults`]. Those reads use the raw pool, never `db::Db`, so the
+//! switches stay switchable while a `postgres` fault fails every statement.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,7 +43,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::resilience::BreakerSwitch;
+use crate::resilience::{BreakerSwitch, Dependency, Fault, Faults};
 
 /// Every fix that a workshop can switch off, once the fix exists: a flag is listed (admin
 /// API, `/metrics`, README) only when switching it changes something. The design's other
@@ -119,6 +129,9 @@ struct Inner {
     /// `circuit_breaker`, as the breakers below this layer see it (`crate::resilience`
     /// cannot read the flags): kept in step with the flag by [`Flags::apply`].
     breakers: BreakerSwitch,
+    /// The fault switches, as the dependencies' clients below this layer see them: kept in
+    /// step with the store by [`Flags::apply_faults`].
+    faults: Faults,
 }
 
 impl Default for Flags {
@@ -127,6 +140,7 @@ impl Default for Flags {
             enabled: std::array::from_fn(|_| AtomicBool::new(true)),
             updated_at: RwLock::new([None; Flag::ALL.len()]),
             breakers: BreakerSwitch::default(),
+            faults: Faults::default(),
         }))
     }
 }
@@ -142,6 +156,13 @@ impl Flags {
     /// `.with_switch(&flags.breaker_switch())`.
     pub fn breaker_switch(&self) -> BreakerSwitch {
         self.0.breakers.clone()
+    }
+
+    /// The fault switches, for the clients of the layers below this one (the database,
+    /// the cache and the rate limiter, the broker's relay, the mailer): build each one with
+    /// `flags.faults()`. Cloning shares them.
+    pub fn faults(&self) -> Faults {
+        self.0.faults.clone()
     }
 
     /// Every flag with its state, in registry order.
@@ -186,6 +207,27 @@ impl Flags {
         self.apply(&rows);
         Ok(())
     }
+
+    /// Applies fault switches read from the store; rows of dependencies this build does not
+    /// know are ignored, like unknown flags.
+    pub fn apply_faults(&self, rows: &[db::faults::FaultRow]) {
+        for row in rows {
+            if let Some(dependency) = Dependency::from_name(&row.dependency) {
+                let fault = Fault {
+                    latency_ms: u32::try_from(row.latency_ms).unwrap_or(0),
+                    error_rate: row.error_rate,
+                };
+                self.0.faults.apply(dependency, fault, row.updated_at);
+            }
+        }
+    }
+
+    /// Reads every fault switch from the store into the snapshot.
+    pub async fn reload_faults(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let rows = db::faults::all(pool).await?;
+        self.apply_faults(&rows);
+        Ok(())
+    }
 }
 
 /// Inserts the rows of flags the store does not have yet (enabled).
@@ -194,7 +236,8 @@ pub async fn register(pool: &PgPool) -> Result<(), sqlx::Error> {
     db::flags::register(pool, &names).await
 }
 
-/// Keeps `flags` in step with the store until `shutdown` fires (see the module docs).
+/// Keeps `flags` and the fault switches in step with the store until `shutdown` fires
+/// (see the module docs).
 pub async fn run_refresher(
     flags: Flags,
     pool: PgPool,
@@ -214,6 +257,9 @@ pub async fn run_refresher(
         // was down sent a notification that nobody heard.
         if let Err(e) = flags.reload(&pool).await {
             tracing::warn!(error = %e, "could not refresh the fix flags; keeping the last values");
+        }
+        if let Err(e) = flags.reload_faults(&pool).await {
+            tracing::warn!(error = %e, "could not refresh the fault switches; keeping the last values");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -277,6 +323,36 @@ mod tests {
         let snapshot = flags.snapshot();
         assert_eq!(snapshot.len(), Flag::ALL.len(), "unknown rows are ignored");
         assert!(snapshot[0].updated_at.is_some());
+    }
+
+    #[test]
+    fn the_fault_switches_follow_the_store_and_ignore_unknown_dependencies() {
+        let flags = Flags::default();
+        let faults = flags.faults();
+        let row = |dependency: &str, latency_ms, error_rate| db::faults::FaultRow {
+            dependency: dependency.into(),
+            latency_ms,
+            error_rate,
+            updated_at: Utc::now(),
+        };
+
+        flags.apply_faults(&[row("redis", 300, 0.25), row("mongodb", 1, 1.0)]);
+
+        let redis = faults.get(Dependency::Redis);
+        assert_eq!((redis.latency_ms, redis.error_rate), (300, 0.25));
+        let snapshot = faults.snapshot();
+        assert_eq!(
+            snapshot.len(),
+            Dependency::ALL.len(),
+            "unknown rows are ignored"
+        );
+        assert!(snapshot[1].updated_at.is_some());
+        assert!(
+            snapshot[0].updated_at.is_none(),
+            "postgres was not in the rows"
+        );
+        flags.apply_faults(&[row("redis", 0, 0.0)]);
+        assert!(faults.get(Dependency::Redis).is_none());
     }
 
     #[test]

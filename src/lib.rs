@@ -13,14 +13,14 @@
 //! |---|---|---|
 //! | entry | [`cli`] | picks the role (`all`, `serve`, `worker`, `migrate`, `seed`, `workshop`, `jobs`) |
 //! | assembly | [`server`] | binds the listeners, builds both routers, applies the one middleware stack, starts the background tasks, serves and drains |
-//! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags) |
+//! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags, fault switches) |
 //! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
 //! | state | [`state`] | [`state::AppState`]: what handlers share |
 //! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |
 //! | loading and jobs | [`loaders`], [`jobs`], [`limits`] | every hot read ("a task with details", "the caller's role"): the `cache` and `batch_loading` strategies; background work: the transactional outbox, its relay to RabbitMQ, the worker and its handlers (`async_jobs`); the rate-limit budgets, in Redis with an in-process fallback (`rate_limit`) |
-//! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry; the readiness registry; the background-task registry |
+//! | core | [`auth`], [`cache`], [`flags`], [`readiness`], [`background`] | passwords, tokens, cursors; the Redis cache (leases, invalidation, single-flight); the fix-flag registry (and the fault switches' refresher); the readiness registry; the background-task registry |
 //! | db | [`db`] | the pool, migrations, a repository per aggregate (one statement per function), the traced executor and transactions |
-//! | resilience | [`resilience`] | the circuit breaker around each dependency (Redis, RabbitMQ, SMTP, Postgres), retries with a budget, the request's deadline; imports only the metric names and the settings types, so every layer above may use it |
+//! | resilience | [`resilience`] | the circuit breaker around each dependency (Redis, RabbitMQ, SMTP, Postgres), retries with a budget, the request's deadline, the workshop's fault switches; imports only the metric names and the settings types, so every layer above may use it |
 //! | telemetry | [`telemetry`] | logs, traces, the metrics registry (takes values, never the state) |
 //! | foundation | [`domain`], [`config`], [`shutdown`] | rules and validated types (no axum, no sqlx); configuration, one file per section; the stop signal |
 //!

@@ -99,9 +99,13 @@ impl AppState {
             None
         };
         let flags = Flags::default();
+        // Every dependency's client injects its faults from these switches (the admin API's
+        // `/admin/faults`, kept in step with the store by the flag refresher).
+        let faults = flags.faults();
         let db = Db::new(
             pool,
             Breaker::new("postgres", config.database.breaker).with_switch(&flags.breaker_switch()),
+            faults.clone(),
         );
         let mut readiness = Readiness::default();
         let probe_db = db.clone();
@@ -116,7 +120,7 @@ impl AppState {
         );
         // Every breaker follows the `circuit_breaker` fix flag through this switch.
         let breakers = flags.breaker_switch();
-        let cache = Cache::new(&config.redis, &breakers)?;
+        let cache = Cache::new(&config.redis, &breakers, &faults)?;
         let probe_cache = cache.clone();
         readiness.register(
             "redis",
@@ -127,7 +131,7 @@ impl AppState {
                 async move { cache.ping().await }
             },
         );
-        let broker = Broker::new(&config.jobs, &breakers);
+        let broker = Broker::new(&config.jobs, &breakers, &faults);
         let probe_broker = broker.clone();
         readiness.register(
             "rabbitmq",
@@ -138,7 +142,7 @@ impl AppState {
                 async move { broker.probe().await }
             },
         );
-        let mailer = Mailer::new(&config.jobs, &breakers)?;
+        let mailer = Mailer::new(&config.jobs, &breakers, &faults)?;
         if mailer.is_smtp() {
             let probe_mailer = mailer.clone();
             readiness.register(

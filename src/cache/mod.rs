@@ -70,6 +70,11 @@
 //! Postgres; a failed fill is dropped; a failed invalidation triggers the epoch repair
 //! above. Readiness reports Redis `down` (the service `degraded`, still 200) while the
 //! breaker is open.
+//!
+//! The workshop's `redis` fault switch (`resilience::fault`) acts in the same place, once
+//! per attempt of a script call, inside the breaker's permit and before the command: an
+//! injected error is a Redis failure (not retried: the connection is fine), an injected
+//! latency a slow call.
 
 pub mod entries;
 mod flight;
@@ -94,7 +99,9 @@ pub use flight::Fresh;
 use crate::config::RedisConfig;
 use crate::db::tasks::Task;
 use crate::db::users::User;
-use crate::resilience::{Breaker, BreakerState, BreakerSwitch, Retry, deadline};
+use crate::resilience::{
+    Breaker, BreakerState, BreakerSwitch, Dependency, Faults, Retry, deadline,
+};
 use crate::telemetry::metrics::names;
 use pool::{Conn, Pool};
 
@@ -120,6 +127,8 @@ struct Inner {
     lease_ttl: Duration,
     lease_wait: Duration,
     breaker: Breaker,
+    /// The workshop's fault switches, of which this reads `redis` (module doc).
+    faults: Faults,
     /// Retries of the idempotent calls (reads, invalidations) on a refused or dropped
     /// connection: see [`Cache::call_unchecked`].
     retry: Retry,
@@ -269,8 +278,13 @@ pub struct TaskSlots {
 
 impl Cache {
     /// The cache over `config`'s Redis, its breaker following `breakers` (the
-    /// `circuit_breaker` fix flag, `Flags::breaker_switch`).
-    pub fn new(config: &RedisConfig, breakers: &BreakerSwitch) -> anyhow::Result<Self> {
+    /// `circuit_breaker` fix flag, `Flags::breaker_switch`) and its calls the `redis` fault
+    /// of `faults` (`Flags::faults`).
+    pub fn new(
+        config: &RedisConfig,
+        breakers: &BreakerSwitch,
+        faults: &Faults,
+    ) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(Inner {
             pool: pool::pool(config)?,
             prefix: format!("{}{FORMAT}", config.prefix),
@@ -278,6 +292,7 @@ impl Cache {
             lease_ttl: config.lease_ttl,
             lease_wait: config.lease_wait,
             breaker: Breaker::new("redis", config.breaker).with_switch(breakers),
+            faults: faults.clone(),
             retry: Retry::new("redis", config.retry),
             call_timeout: config.pool_wait_timeout
                 + config.connect_timeout
@@ -311,12 +326,16 @@ impl Cache {
         self.0.breaker.state()
     }
 
-    /// The pool and the breaker around Redis, for the other users of the same server (the
-    /// rate limits, `crate::limits`): one pool and one breaker per process, so that a Redis
-    /// the breaker has given up on is skipped by every caller at once, and its recovery is
-    /// probed by one trial call rather than one per user.
-    pub fn redis(&self) -> (Pool, Breaker) {
-        (self.0.pool.clone(), self.0.breaker.clone())
+    /// The pool, the breaker and the fault switches around Redis, for the other users of
+    /// the same server (the rate limits, `crate::limits`): one pool and one breaker per
+    /// process, so that a Redis the breaker has given up on is skipped by every caller at
+    /// once, and its recovery is probed by one trial call rather than one per user.
+    pub fn redis(&self) -> (Pool, Breaker, Faults) {
+        (
+            self.0.pool.clone(),
+            self.0.breaker.clone(),
+            self.0.faults.clone(),
+        )
     }
 
     /// A test hook: runs before every fill, after the load. The race test pauses a
@@ -781,8 +800,9 @@ impl Cache {
         Err(Unavailable)
     }
 
-    /// One attempt of a script call: a permit from the breaker, a pooled connection, the
-    /// script, all within what is left of the request's deadline.
+    /// One attempt of a script call: a permit from the breaker, the `redis` fault if one is
+    /// set, a pooled connection, the script, all within what is left of the request's
+    /// deadline (the fault's latency outside the call's own timeout: `resilience::fault`).
     async fn attempt<R: FromRedisValue>(
         &self,
         invocation: &deadpool_redis::redis::ScriptInvocation<'_>,
@@ -790,6 +810,13 @@ impl Cache {
         let Some(permit) = self.0.breaker.try_acquire() else {
             return Err(Failure::BreakerOpen);
         };
+        if let Err(fault) = self.0.faults.inject(Dependency::Redis).await {
+            permit.failure();
+            return Err(Failure::Redis {
+                error: fault.to_string(),
+                connection: false,
+            });
+        }
         let call = async {
             let mut conn = Conn::get(&self.0.pool).await.map_err(Failure::from)?;
             match invocation.invoke_async::<R>(&mut *conn).await {

@@ -33,6 +33,18 @@
 //!   the worker, the flag refresher) there is no statement timeout, and a connection a
 //!   request had cut is reset before such work uses it.
 //!
+//! # Fault injection
+//!
+//! The workshop's `postgres` fault switch (`resilience::fault`) acts here, once per
+//! checkout: per statement on the pool, per transaction at its `BEGIN` (not per statement
+//! inside it: the transaction holds its connection, and the fault stands for reaching
+//! Postgres). It runs inside the breaker's permit and before the wait for a connection, so
+//! an injected latency is neither connection wait in the metrics nor lost by the breaker's
+//! slow-call rule, and an injected error is an I/O error: a 503 like an unreachable
+//! server, and a failure to the breaker. What must keep working while Postgres is made to
+//! fail does not come through here: migrations, LISTEN, the flag and fault refresher and
+//! the admin API's switches use the raw pool ([`Db::pool`]).
+//!
 //! The statement's rows are collected before they are returned: every query here is
 //! bounded by a page limit, and collecting lets one async block own the pooled
 //! connection for exactly as long as the statement runs.
@@ -52,7 +64,7 @@ use sqlx::postgres::{
 use sqlx::{Describe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tracing::Instrument as _;
 
-use crate::resilience::{Breaker, BreakerState, Permit, deadline};
+use crate::resilience::{Breaker, BreakerState, Dependency, Faults, Permit, deadline};
 use crate::telemetry;
 use crate::telemetry::metrics::{DB_PENDING, names};
 
@@ -64,11 +76,18 @@ pub struct Db {
     /// instead of each waiting out `KEEL_DB_ACQUIRE_TIMEOUT` for a connection that will
     /// not come.
     breaker: Breaker,
+    /// The workshop's fault switches, of which this reads `postgres` (module doc).
+    faults: Faults,
 }
 
 impl Db {
-    pub fn new(pool: PgPool, breaker: Breaker) -> Self {
-        Self { pool, breaker }
+    /// `faults`: the fault switches it injects `postgres`'s from (`Flags::faults`).
+    pub fn new(pool: PgPool, breaker: Breaker, faults: Faults) -> Self {
+        Self {
+            pool,
+            breaker,
+            faults,
+        }
     }
 
     /// Whether Postgres answers, for readiness. While the breaker is open the answer is
@@ -89,8 +108,7 @@ impl Db {
     /// Begins a transaction; its statements go through [`Tx::exec`]. Inside a request, the
     /// transaction's statements are cut to its deadline (see the module docs).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let timeout = StatementTimeout::now()?;
-        let permit = self.breaker.try_acquire().ok_or_else(breaker_open)?;
+        let (permit, timeout) = self.permit().await?;
         let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", timeout.millis());
         let waiting = Waiting::start();
         let tx = settle(
@@ -103,6 +121,26 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// The breaker's permit for one checkout, and the statement timeout it runs under;
+    /// refused at once for a request whose deadline has passed.
+    ///
+    /// With a `postgres` fault set, the fault acts inside the permit (module doc): an
+    /// injected error settles it as a failure and is an I/O error, like a lost connection;
+    /// an injected latency spends some of the request's deadline, so the timeout is taken
+    /// again after it.
+    async fn permit(&self) -> Result<(Permit, StatementTimeout), sqlx::Error> {
+        let timeout = StatementTimeout::now()?;
+        let permit = self.breaker.try_acquire().ok_or_else(breaker_open)?;
+        if self.faults.get(Dependency::Postgres).is_none() {
+            return Ok((permit, timeout));
+        }
+        if let Err(fault) = self.faults.inject(Dependency::Postgres).await {
+            permit.failure();
+            return Err(sqlx::Error::Io(std::io::Error::other(fault)));
+        }
+        Ok((permit, StatementTimeout::now()?))
     }
 }
 
@@ -244,8 +282,7 @@ async fn on_pool(
     statement: Statement,
     optional: bool,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
-    let timeout = StatementTimeout::now()?;
-    let permit = db.breaker.try_acquire().ok_or_else(breaker_open)?;
+    let (permit, timeout) = db.permit().await?;
     let waiting = Waiting::start();
     let conn = within_deadline(db.pool.acquire()).await;
     waiting.done();

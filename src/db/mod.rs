@@ -15,6 +15,7 @@
 
 pub mod comments;
 pub mod executor;
+pub mod faults;
 pub mod flags;
 pub mod idempotency;
 pub mod jobs;

@@ -6,6 +6,11 @@
 //! open no connection is tried and the relay publishes nothing: jobs wait in the outbox,
 //! writes go on succeeding, and readiness reports RabbitMQ `down`.
 //!
+//! The workshop's `rabbitmq` fault switch (`resilience::fault`) rides here too, for the
+//! relay, which injects it once per batch inside the breaker's permit ([`Broker::faults`]).
+//! Connections, the worker's consumers and the worker's own publishes are left alone: the
+//! switch stands for "the broker fails or is slow to take jobs".
+//!
 //! Connection setup is not retried here with the retry budget (`crate::resilience::Retry`):
 //! every caller already loops on it, with exponential backoff and full jitter
 //! ([`Backoff`]), and a second retry loop inside the first would only multiply the attempts.
@@ -25,7 +30,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Mutex;
 
 use crate::config::JobsConfig;
-use crate::resilience::{Breaker, BreakerState, BreakerSwitch};
+use crate::resilience::{Breaker, BreakerState, BreakerSwitch, Faults};
 
 /// What a call refused by the breaker fails with.
 pub const BREAKER_OPEN: &str = "rabbitmq: circuit breaker open";
@@ -41,20 +46,23 @@ struct Inner {
     max_delay: Duration,
     /// The circuit breaker around the broker, shared by every connection and by the relay.
     breaker: Breaker,
+    /// The workshop's fault switches, of which the relay reads `rabbitmq`.
+    faults: Faults,
     /// The connection readiness probes reuse while it stays open.
     probe: Mutex<Option<Connection>>,
 }
 
 impl Broker {
     /// The broker of `config`, its breaker following `breakers` (the `circuit_breaker` fix
-    /// flag, `Flags::breaker_switch`).
-    pub fn new(config: &JobsConfig, breakers: &BreakerSwitch) -> Self {
+    /// flag, `Flags::breaker_switch`), with the fault switches `faults` (`Flags::faults`).
+    pub fn new(config: &JobsConfig, breakers: &BreakerSwitch, faults: &Faults) -> Self {
         Self(Arc::new(Inner {
             url: config.amqp_url.clone(),
             connect_timeout: config.connect_timeout,
             min_delay: config.reconnect_min_delay,
             max_delay: config.reconnect_max_delay,
             breaker: Breaker::new("rabbitmq", config.amqp_breaker).with_switch(breakers),
+            faults: faults.clone(),
             probe: Mutex::new(None),
         }))
     }
@@ -89,6 +97,11 @@ impl Broker {
     /// The circuit breaker around the broker: the relay takes a permit per batch.
     pub fn breaker(&self) -> &Breaker {
         &self.0.breaker
+    }
+
+    /// The fault switches: the relay injects `rabbitmq`'s per batch.
+    pub fn faults(&self) -> &Faults {
+        &self.0.faults
     }
 
     /// A fresh backoff for a reconnect loop.

@@ -12,6 +12,12 @@
 //! counts against the server: a transient error (4xx, a connection or timeout failure) and
 //! a slow send; a permanent refusal (5xx: a bad address) is the server working.
 //!
+//! The workshop's `smtp` fault switch (`resilience::fault`) acts once per send, inside the
+//! breaker's permit and before the send: an injected error is a transient failure (the job
+//! is retried later, and the breaker counts it), an injected latency a slow send. It acts on
+//! the mailbox transport too, which stands in for the SMTP server when `SMTP_URL` is unset,
+//! so that a workshop without a mail server sees the switch do something.
+//!
 //! A send is not retried here: the job is, through its retry queues, whose delays outlast
 //! a mail server's restart. An immediate retry would help only against a connection that
 //! died idle, which lettre's pool already tests before use, and a send that failed after
@@ -31,7 +37,7 @@ use uuid::Uuid;
 
 use crate::config::JobsConfig;
 use crate::db::jobs::AssignmentMail;
-use crate::resilience::{Breaker, BreakerState, BreakerSwitch, deadline};
+use crate::resilience::{Breaker, BreakerState, BreakerSwitch, Dependency, Faults, deadline};
 
 /// Why a send failed, as the retry policy sees it.
 #[derive(Debug)]
@@ -47,7 +53,13 @@ const BREAKER_OPEN: &str = "smtp: circuit breaker open";
 
 /// Where emails go. Cloning shares the transport (and its connection pool, and its breaker).
 #[derive(Clone)]
-pub struct Mailer(Arc<Transport>);
+pub struct Mailer(Arc<Inner>);
+
+struct Inner {
+    transport: Transport,
+    /// The workshop's fault switches, of which this reads `smtp` (module doc).
+    faults: Faults,
+}
 
 enum Transport {
     Smtp {
@@ -63,8 +75,13 @@ enum Transport {
 
 impl Mailer {
     /// The transport of `config`; an SMTP one passes a breaker that follows `breakers` (the
-    /// `circuit_breaker` fix flag, `Flags::breaker_switch`).
-    pub fn new(config: &JobsConfig, breakers: &BreakerSwitch) -> anyhow::Result<Self> {
+    /// `circuit_breaker` fix flag, `Flags::breaker_switch`). Either injects the `smtp`
+    /// fault of `faults` (`Flags::faults`).
+    pub fn new(
+        config: &JobsConfig,
+        breakers: &BreakerSwitch,
+        faults: &Faults,
+    ) -> anyhow::Result<Self> {
         let from = config.smtp_from.clone();
         let transport = match config.smtp() {
             Some(url) => Transport::Smtp {
@@ -79,12 +96,15 @@ impl Mailer {
                 from,
             },
         };
-        Ok(Self(Arc::new(transport)))
+        Ok(Self(Arc::new(Inner {
+            transport,
+            faults: faults.clone(),
+        })))
     }
 
     /// Whether emails go to an SMTP server (which readiness then probes).
     pub fn is_smtp(&self) -> bool {
-        matches!(&*self.0, Transport::Smtp { .. })
+        matches!(&self.0.transport, Transport::Smtp { .. })
     }
 
     /// For readiness: the breaker is not open (an open breaker counts as down), and the
@@ -92,7 +112,7 @@ impl Mailer {
     pub async fn probe(&self) -> Result<(), String> {
         let Transport::Smtp {
             transport, breaker, ..
-        } = &*self.0
+        } = &self.0.transport
         else {
             return Ok(());
         };
@@ -119,7 +139,7 @@ impl Mailer {
         message_id: &str,
         mail: &AssignmentMail,
     ) -> Result<(), MailError> {
-        let (from, transport) = match &*self.0 {
+        let (from, transport) = match &self.0.transport {
             Transport::Smtp { from, .. } => (from, "smtp"),
             Transport::Mailbox { from, .. } => (from, "mailbox"),
         };
@@ -138,13 +158,17 @@ impl Mailer {
     }
 
     async fn deliver(&self, job_id: Uuid, message: Message) -> Result<(), MailError> {
-        match &*self.0 {
+        match &self.0.transport {
             Transport::Smtp {
                 transport, breaker, ..
             } => {
                 let Some(permit) = breaker.try_acquire() else {
                     return Err(MailError::Transient(BREAKER_OPEN.into()));
                 };
+                if let Err(fault) = self.inject().await {
+                    permit.failure();
+                    return Err(fault);
+                }
                 let send = transport.send(message);
                 let sent = match deadline::remaining() {
                     Some(left) => tokio::time::timeout(left, send).await,
@@ -170,10 +194,22 @@ impl Mailer {
                     )),
                 }
             }
-            Transport::Mailbox { dir, .. } => write_eml(dir, job_id, &message.formatted())
-                .await
-                .map_err(|e| MailError::Transient(format!("mailbox {}: {e}", dir.display()))),
+            Transport::Mailbox { dir, .. } => {
+                self.inject().await?;
+                write_eml(dir, job_id, &message.formatted())
+                    .await
+                    .map_err(|e| MailError::Transient(format!("mailbox {}: {e}", dir.display())))
+            }
         }
+    }
+
+    /// The `smtp` fault, if one is set: its latency, then perhaps a transient failure.
+    async fn inject(&self) -> Result<(), MailError> {
+        self.0
+            .faults
+            .inject(Dependency::Smtp)
+            .await
+            .map_err(|fault| MailError::Transient(fault.to_string()))
     }
 }
 
@@ -282,7 +318,7 @@ mod tests {
             config.jobs.smtp_url = None;
             config.jobs
         };
-        let mailer = Mailer::new(&config, &BreakerSwitch::default()).unwrap();
+        let mailer = Mailer::new(&config, &BreakerSwitch::default(), &Faults::default()).unwrap();
         let job = Uuid::now_v7();
         for _ in 0..2 {
             mailer

@@ -17,6 +17,16 @@
 //! backoff; jobs wait in the outbox meanwhile, and writes go on succeeding. Each batch is
 //! one call through the breaker around the broker (`broker`): while it is open, the relay
 //! publishes nothing and the rows wait, untouched, until a pass after the cooldown.
+//!
+//! The workshop's `rabbitmq` fault switch (`resilience::fault`) acts on that same call:
+//! once per batch, inside the breaker's permit, before the first publish. Per batch rather
+//! than per message because the batch is the call: its publishes are pipelined and their
+//! confirms awaited together, so a slower broker costs a batch about one latency, not one
+//! per message. An injected error fails the call before anything is sent: the rows are
+//! left as they are, exactly as after a refusal by the breaker (not marked failed, the
+//! broker never saw them, so no message is lost or sent twice), and the permit counts a
+//! failure. The connection is kept: the fault stands for the broker failing a call, not
+//! for a broken connection (the proxy tests cut those).
 
 use std::time::Duration;
 
@@ -35,6 +45,7 @@ use super::{Job, Kind, Runner, context_of};
 use crate::config::Config;
 use crate::db::outbox::OutboxRow;
 use crate::db::{self, Db};
+use crate::resilience::Dependency;
 use crate::telemetry::metrics::names;
 use crate::telemetry::propagation;
 
@@ -196,18 +207,24 @@ impl Relay {
             // Refused, the rows are left as they are (not failed: the broker never saw
             // them), and the commit below releases them for a pass after the cooldown.
             if let Some(permit) = self.broker.breaker().try_acquire() {
-                match self
-                    .publish(publisher, &queued, &mut done, &mut failed)
-                    .await
-                {
-                    Ok(Taken::All) => permit.success(),
-                    Ok(Taken::NotAll) => permit.failure(),
-                    Err(e) => {
-                        permit.failure();
-                        return Err(e.into());
+                if let Err(fault) = self.broker.faults().inject(Dependency::Rabbitmq).await {
+                    // Like a refusal: the rows wait for a later pass (module doc).
+                    tracing::debug!(error = %fault, rows = queued.len(), "publishing a batch failed");
+                    permit.failure();
+                } else {
+                    match self
+                        .publish(publisher, &queued, &mut done, &mut failed)
+                        .await
+                    {
+                        Ok(Taken::All) => permit.success(),
+                        Ok(Taken::NotAll) => permit.failure(),
+                        Err(e) => {
+                            permit.failure();
+                            return Err(e.into());
+                        }
                     }
+                    handled += queued.len();
                 }
-                handled += queued.len();
             }
         }
         db::outbox::mark_published(tx.exec(), &done)

@@ -20,6 +20,10 @@
 //! Lua numbers are doubles: microseconds since 1970 (~1.8e15) are exact below 2^53 (~9e15),
 //! but `tostring` would print them as `1.8e+15`, so the script formats them itself.
 //!
+//! The workshop's `redis` fault switch (`resilience::fault`) acts once per check, inside the
+//! breaker's permit and before the script: an injected error is a Redis failure (the check
+//! falls back to the in-process limiter), an injected latency a slow call.
+//!
 //! One declared key per call, so the script also runs on Redis Cluster. `EVALSHA` through
 //! redis-rs's `Script`, which loads the script and retries when the server answers
 //! `NOSCRIPT` (a restarted or flushed Redis).
@@ -33,7 +37,7 @@ use tracing::Instrument as _;
 use super::decision::{Decision, Key, Source};
 use crate::cache::pool::{Conn, Pool};
 use crate::config::{Budget, RateLimitPolicy as Policy};
-use crate::resilience::{Breaker, deadline};
+use crate::resilience::{Breaker, Dependency, Faults, deadline};
 
 /// `KEYS[1]`: the budget's key. `ARGV[1]`: the emission interval in µs; `ARGV[2]`: the
 /// burst. Returns `{allowed (0|1), remaining, reset µs, retry-after µs}`.
@@ -89,10 +93,12 @@ impl Unavailable {
     }
 }
 
-/// The Redis side: the cache's pool and breaker (`Cache::redis`), and the key prefix.
+/// The Redis side: the cache's pool, breaker and fault switches (`Cache::redis`), and the
+/// key prefix.
 pub(super) struct Fleet {
     pool: Pool,
     breaker: Breaker,
+    faults: Faults,
     /// `KEEL_REDIS_PREFIX` + `rl:`.
     prefix: String,
     /// `KEEL_REDIS_COMMAND_TIMEOUT`.
@@ -100,10 +106,15 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    pub(super) fn new(pool: Pool, breaker: Breaker, prefix: &str, timeout: Duration) -> Self {
+    pub(super) fn new(
+        (pool, breaker, faults): (Pool, Breaker, Faults),
+        prefix: &str,
+        timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             breaker,
+            faults,
             prefix: format!("{prefix}rl:"),
             timeout,
         }
@@ -124,9 +135,6 @@ impl Fleet {
         let Some(permit) = self.breaker.try_acquire() else {
             return Err(Unavailable::BreakerOpen);
         };
-        // Cut to what is left of the request's deadline: a limit is not worth a request
-        // that has already run out of time.
-        let timeout = deadline::budget(self.timeout);
         let name = self.key(policy, key);
         let span = tracing::debug_span!(
             "redis.command",
@@ -136,6 +144,21 @@ impl Fleet {
             db.system.name = "redis",
             db.operation.name = "EVALSHA",
         );
+        // Outside the command's timeout, like the cache's (`resilience::fault`).
+        let injected = self
+            .faults
+            .inject(Dependency::Redis)
+            .instrument(span.clone())
+            .await;
+        if let Err(fault) = injected {
+            tracing::debug!(error = %fault, "rate-limit script failed");
+            span.record("otel.status_code", "ERROR");
+            permit.failure();
+            return Err(Unavailable::Redis);
+        }
+        // Cut to what is left of the request's deadline: a limit is not worth a request
+        // that has already run out of time.
+        let timeout = deadline::budget(self.timeout);
         let call = self.eval(&name, budget).instrument(span.clone());
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,

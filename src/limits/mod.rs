@@ -73,10 +73,9 @@ impl Limiter {
                 .increment(0);
             }
         }
-        let (pool, breaker) = cache.redis();
         Self(Arc::new(Inner {
             config: config.clone(),
-            fleet: fleet::Fleet::new(pool, breaker, &redis.prefix, redis.command_timeout),
+            fleet: fleet::Fleet::new(cache.redis(), &redis.prefix, redis.command_timeout),
             local: local::Local::new(config),
         }))
     }

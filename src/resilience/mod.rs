@@ -11,6 +11,8 @@
 //!   ([`deadline::budget`]).
 //! - [`AdaptiveLimit`]: the load shedder's concurrency limit, found from observed latency
 //!   (Gradient2).
+//! - [`Faults`]: the workshop's fault switches, an added latency and a share of failing
+//!   calls per [`Dependency`], injected inside each breaker's permit ([`fault`]).
 //!
 //! The module imports only the metric names and the settings types from the crate: the
 //! caller names the breaker, passes its settings (from its own config section) and decides
@@ -19,10 +21,12 @@
 
 mod breaker;
 pub mod deadline;
+pub mod fault;
 mod limit;
 mod retry;
 
 pub use breaker::{Breaker, BreakerSettings, BreakerState, BreakerSwitch, Permit};
 pub use deadline::Deadline;
+pub use fault::{Dependency, Fault, FaultState, Faults, InjectedFault};
 pub use limit::{AdaptiveLimit, LimitSettings, Token};
 pub use retry::{Retry, RetrySettings};

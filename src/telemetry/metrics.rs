@@ -65,6 +65,7 @@ pub mod names {
     pub const RATE_LIMITED: &str = "keel_rate_limited_total";
     pub const RATE_LIMIT_FALLBACK: &str = "keel_rate_limit_fallback_total";
     pub const RATE_LIMIT_FALLBACK_KEYS: &str = "keel_rate_limit_fallback_keys";
+    pub const FAULT_INJECTIONS: &str = "keel_fault_injections_total";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -245,6 +246,10 @@ fn describe() {
     describe_gauge!(
         RATE_LIMIT_FALLBACK_KEYS,
         "Clients the in-process rate-limit fallback holds a budget for, by policy (set at each sweep)"
+    );
+    describe_counter!(
+        FAULT_INJECTIONS,
+        "Calls to a dependency that a workshop fault switch slowed (latency) or failed (error), by dependency and effect"
     );
 }
 

@@ -46,7 +46,7 @@ async fn postgres_only(app: &TestApp) -> TestApp {
 fn statements(log: &StatementLog) -> Vec<String> {
     log.take()
         .into_iter()
-        .filter(|sql| !sql.contains("fix_flags"))
+        .filter(|sql| !sql.contains("fix_flags") && !sql.contains("fault_injections"))
         .collect()
 }
 

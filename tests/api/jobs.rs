@@ -68,7 +68,7 @@ fn recipients(messages: &[Received]) -> Vec<String> {
 }
 
 /// Waits until no job is left: the outbox published and every queue of the test empty.
-async fn settle(app: &TestApp) {
+pub(crate) async fn settle(app: &TestApp) {
     let settled = eventually(Duration::from_secs(20), async || {
         let unpublished: i64 =
             sqlx::query_scalar("select count(*) from outbox where published_at is null")

@@ -15,6 +15,7 @@ mod config;
 mod config_docs;
 mod deadlines;
 mod explain;
+mod faults;
 mod hardening;
 mod helpers;
 mod idempotency;

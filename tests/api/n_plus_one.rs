@@ -67,7 +67,7 @@ async fn statements_for_page(
     );
     log.take()
         .into_iter()
-        .filter(|sql| !sql.contains("fix_flags"))
+        .filter(|sql| !sql.contains("fix_flags") && !sql.contains("fault_injections"))
         .collect()
 }
 

@@ -461,7 +461,7 @@ async fn limiter(pairs: &[(&str, &str)]) -> (Limiter, String) {
     vars.insert("KEEL_REDIS_PREFIX".into(), prefix.clone());
     set(&mut vars, pairs);
     let config = Config::from_map(&vars, Environment::Dev).unwrap();
-    let cache = Cache::new(&config.redis, &Default::default()).unwrap();
+    let cache = Cache::new(&config.redis, &Default::default(), &Default::default()).unwrap();
     (
         Limiter::new(&config.rate_limit, &config.redis, &cache),
         prefix,
