@@ -1,4 +1,5 @@
-//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics and the fix flags.
+//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics, the fix flags,
+//! and the workshop console that drives them (`console`).
 //!
 //! A separate listener, not a path prefix on the public one: it binds to loopback (or a
 //! cluster-internal address) by default, the public listener answers 404 for all of it,
@@ -25,6 +26,8 @@ use crate::readiness::Report;
 use crate::state::AppState;
 use crate::telemetry::metrics::{self, PoolStats, Scrape};
 
+mod console;
+
 /// The admin routes; the assembly (`crate::server`) adds the fallback and the middleware.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -33,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(prometheus))
         .route("/admin/flags", get(list_flags))
         .route("/admin/flags/{name}", put(set_flag))
+        .merge(console::routes())
 }
 
 /// Liveness: the process is running and serving.

@@ -180,7 +180,14 @@ async fn unknown_paths_and_methods_are_problems_too() {
 #[tokio::test]
 async fn the_public_listener_serves_no_admin_endpoint() {
     let app = spawn_app().await;
-    for path in ["/healthz", "/readyz", "/admin/flags", "/metrics"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/admin/flags",
+        "/metrics",
+        "/",
+        "/console.js",
+    ] {
         let response = app.request(Method::GET, path, None).send().await.unwrap();
         assert_problem(response, StatusCode::NOT_FOUND).await;
     }
