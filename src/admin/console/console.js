@@ -230,7 +230,8 @@ async function setFault(dependency, row, body) {
   try {
     const response = await admin('PUT', `/admin/faults/${encodeURIComponent(dependency)}`, body);
     if (response.ok) {
-      const fault = await response.json();
+      // The fault as the service answers it; an answer without a body means as asked.
+      const fault = await response.json().catch(() => ({}));
       showFault({ dependency, ...body, ...fault }, { fill: true });
       notice(null);
     } else if (response.status !== 401) {
