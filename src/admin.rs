@@ -1,5 +1,5 @@
-//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics, the fix flags and
-//! the fault switches.
+//! The admin listener (`KEEL_ADMIN_ADDR`): liveness, readiness, metrics, the fix flags, the
+//! fault switches, and the workshop console that drives them (`console`).
 //!
 //! A separate listener, not a path prefix on the public one: it binds to loopback (or a
 //! cluster-internal address) by default, the public listener answers 404 for all of it,
@@ -34,6 +34,8 @@ use crate::resilience::{Dependency, Fault, FaultState};
 use crate::state::AppState;
 use crate::telemetry::metrics::{self, PoolStats, Scrape};
 
+mod console;
+
 /// The admin routes; the assembly (`crate::server`) adds the fallback and the middleware.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/flags/{name}", put(set_flag))
         .route("/admin/faults", get(list_faults))
         .route("/admin/faults/{dependency}", put(set_fault))
+        .merge(console::routes())
 }
 
 /// Liveness: the process is running and serving.

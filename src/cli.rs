@@ -378,6 +378,7 @@ Keel is up (KEEL_ENV=dev)
   API      {api}/v1
   Docs     {api}/docs   (OpenAPI: {api}/openapi.json)
   Admin    {admin}/readyz, {admin}/admin/flags  (Authorization: Bearer {admin_token})
+  Console  {admin}/   (the workshop console: flags, faults, live figures)
   Emails   {mail}
 {demo}"#,
     );

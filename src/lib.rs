@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | entry | [`cli`] | picks the role (`all`, `serve`, `worker`, `migrate`, `seed`, `workshop`, `jobs`) |
 //! | assembly | [`server`] | binds the listeners, builds both routers, applies the one middleware stack, starts the background tasks, serves and drains |
-//! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags, fault switches) |
+//! | edge | `api`, `admin` | the public API (a module per resource, extractors for authentication and object-level authorization, pagination, the OpenAPI document) and the admin listener (probes, metrics, fix flags, fault switches, the workshop console) |
 //! | middleware | `middleware` | request ids, the request span, RED metrics, error responses |
 //! | state | [`state`] | [`state::AppState`]: what handlers share |
 //! | tools | `http`, `demo`, [`seed`] | problem+json, `ApiError` and the body/path/query extractors shared by every listener; the demo data; the data generator |

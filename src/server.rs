@@ -455,7 +455,7 @@ mod tests {
             response.headers()[header::CONTENT_TYPE],
             "application/problem+json"
         );
-        let series = r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/boom/{id}",http_response_status_class="5xx"} 1"#;
+        let series = r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/boom/{id}",http_response_status_class="5xx",keel_route_class="read"} 1"#;
         assert!(
             handle.render().contains(series),
             "the panic's 500 is counted"

@@ -1,5 +1,12 @@
 //! RED metrics of the public API: the duration histogram of every request (its count is
 //! the rate, its 5xx share the errors) and the requests in flight.
+//!
+//! Each request is also labelled with its route class (`keel_route_class`: `auth`, `read`,
+//! `list`, `write`, from `http::route_class`), the unit the deadlines and the shedder
+//! work in. The class is a function of method and route, so the label adds no series;
+//! what it saves is a copy of the classifying rule in every query that wants a figure per
+//! class (the Grafana dashboard's PromQL, the workshop console's JavaScript), each of
+//! which would drift from the code the first time a route is added.
 
 use std::time::Instant;
 
@@ -11,6 +18,7 @@ use std::sync::atomic::Ordering;
 
 use metrics::histogram;
 
+use crate::http::route_class::class_of;
 use crate::telemetry::metrics::{HTTP_IN_FLIGHT, names};
 
 /// Counts the request in flight until it ends, however it ends (a dropped connection too).
@@ -36,10 +44,9 @@ pub async fn record(State(enabled): State<bool>, request: Request, next: Next) -
     }
     let _in_flight = InFlight::enter();
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>();
+    let route_class = class_of(request.method(), matched.map(MatchedPath::as_str)).as_str();
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(request.method());
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
@@ -53,7 +60,8 @@ pub async fn record(State(enabled): State<bool>, request: Request, next: Next) -
         names::HTTP_REQUEST_DURATION,
         "http_request_method" => method,
         "http_route" => route,
-        "http_response_status_class" => class
+        "http_response_status_class" => class,
+        "keel_route_class" => route_class
     )
     .record(started.elapsed());
     response

@@ -116,7 +116,7 @@ fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION,
         Unit::Seconds,
-        "Duration of HTTP server requests, by route template, method and status class"
+        "Duration of HTTP server requests, by route template, method, status class and route class"
     );
     describe_gauge!(HTTP_ACTIVE_REQUESTS, "HTTP server requests in flight");
     describe_histogram!(

@@ -116,6 +116,30 @@ async fn readyz_is_503_while_postgres_is_unreachable_and_recovers() {
 }
 
 #[tokio::test]
+async fn the_console_is_served_on_the_admin_listener_under_a_strict_policy() {
+    let app = spawn_app().await;
+
+    let page = app.admin_request(Method::GET, "/").send().await.unwrap();
+    let script = app
+        .admin_request(Method::GET, "/console.js")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(page.text().await.unwrap().contains(r#"src="/console.js""#));
+    assert_eq!(script.status(), StatusCode::OK);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.headers()["cache-control"], "no-cache");
+}
+
+#[tokio::test]
 async fn the_flag_api_needs_the_admin_token() {
     let app = spawn_app().await;
     let user = app.signup().await;

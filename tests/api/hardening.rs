@@ -186,6 +186,8 @@ async fn the_public_listener_serves_no_admin_endpoint() {
         "/admin/flags",
         "/admin/faults",
         "/metrics",
+        "/",
+        "/console.js",
     ] {
         let response = app.request(Method::GET, path, None).send().await.unwrap();
         assert_problem(response, StatusCode::NOT_FOUND).await;

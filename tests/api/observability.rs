@@ -74,7 +74,17 @@ async fn metrics_expose_a_latency_histogram_per_route_template() {
     ] {
         assert!(routes.contains(route), "{route} missing from {routes:?}");
     }
-    assert!(metrics.contains(r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/v1/me",http_response_status_class="2xx",le="0.0005"}"#));
+    assert!(metrics.contains(r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_route="/v1/me",http_response_status_class="2xx",keel_route_class="read",le="0.0005"}"#));
+    // Each route carries its class, so that a query per class needs no copy of the rule.
+    assert_eq!(
+        label_values(
+            &metrics,
+            "http_server_request_duration_seconds_count",
+            "keel_route_class"
+        ),
+        ["auth", "list", "read", "write"].map(String::from).into(),
+        "sign-up, a page, reads and a create"
+    );
     for series in [
         "http_server_active_requests",
         "db_client_connection_count{db_client_connection_state=\"idle\"}",
