@@ -124,38 +124,9 @@ function startTraffic() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The faults API (`GET /admin/faults`, `PUT /admin/faults/{dependency}`, api.md). A build
-// without it answers 404; then the page is driven against this stand-in, which follows
-// the contract to the letter, so that the panel's code is tested before the API lands.
+// The faults API (`GET /admin/faults`, `PUT /admin/faults/{dependency}`, api.md).
 
-const DEPENDENCIES = ['postgres', 'redis', 'rabbitmq', 'smtp'];
-
-async function emulateFaultsApi(page) {
-  const faults = Object.fromEntries(DEPENDENCIES.map((dependency) =>
-    [dependency, { dependency, latency_ms: 0, error_rate: 0, updated_at: null }]));
-  const problem = (status, detail) => ({
-    status,
-    contentType: 'application/problem+json',
-    body: JSON.stringify({ type: 'about:blank', title: 'error', status, detail }),
-  });
-  await page.route(`${adminUrl}/admin/faults**`, async (route) => {
-    const request = route.request();
-    if (request.headers().authorization !== `Bearer ${token}`) return route.fulfill(problem(401, 'no'));
-    if (request.method() === 'GET') return route.fulfill({ json: { items: Object.values(faults) } });
-    const dependency = decodeURIComponent(new URL(request.url()).pathname.split('/').pop());
-    const body = request.postDataJSON();
-    if (!faults[dependency]) return route.fulfill(problem(404, 'no such dependency'));
-    if (!(Number.isInteger(body.latency_ms) && body.latency_ms >= 0 && body.latency_ms <= 10_000)
-      || !(body.error_rate >= 0 && body.error_rate <= 1)) {
-      return route.fulfill(problem(422, 'latency_ms must be 0–10000 and error_rate 0–1'));
-    }
-    faults[dependency] = { dependency, ...body, updated_at: new Date().toISOString() };
-    return route.fulfill({ json: faults[dependency] });
-  });
-  return async (dependency) => faults[dependency];
-}
-
-/** The fault on `dependency` as the service (or its stand-in) has it. */
+/** The fault on `dependency` as the service has it. */
 async function realFault(dependency) {
   const response = await adminCall('GET', '/admin/faults');
   assert.equal(response.status, 200, 'GET /admin/faults');
@@ -167,7 +138,6 @@ async function realFault(dependency) {
 let context;
 let profile;
 let stopTraffic = async () => {};
-let faultsApi = false;
 const problems = [];
 
 /** A tab on the console, watched for what must never happen on it. */
@@ -210,7 +180,7 @@ before(async () => {
     viewport: { width: 1280, height: 800 },
     timeout: 30_000,
   });
-  faultsApi = (await call(`${adminUrl}/admin/faults`)).status !== 404;
+  assert.equal((await call(`${adminUrl}/admin/faults`)).status, 401, 'the faults API is there and needs the token');
   stopTraffic = startTraffic();
 });
 
@@ -218,7 +188,7 @@ after(async () => {
   await stopTraffic();
   // Whatever happened, the service is left as the run found it.
   await adminCall('PUT', `/admin/flags/${flag}`, { enabled: true }).catch(() => {});
-  if (faultsApi) await adminCall('PUT', '/admin/faults/smtp', { latency_ms: 0, error_rate: 0 }).catch(() => {});
+  await adminCall('PUT', '/admin/faults/smtp', { latency_ms: 0, error_rate: 0 }).catch(() => {});
   await context?.close();
   if (profile) rmSync(profile, { recursive: true, force: true });
 });
@@ -235,12 +205,8 @@ test('without the token the figures show and every switch is disabled', { timeou
   await toggle.waitFor();
   assert.equal(await toggle.isDisabled(), true, 'switches need the token');
   assert.match(await page.locator('#flags-hint').textContent(), /enter the admin token to switch/);
-  if (faultsApi) {
-    await page.locator('#faults li[data-dependency="smtp"] .apply').waitFor();
-    assert.equal(await page.locator('#faults li[data-dependency="smtp"] .apply').isDisabled(), true);
-  } else {
-    await page.getByText('fault switches unavailable on this build').waitFor();
-  }
+  await page.locator('#faults li[data-dependency="smtp"] .apply').waitFor();
+  assert.equal(await page.locator('#faults li[data-dependency="smtp"] .apply').isDisabled(), true);
   await page.close();
   assert.deepEqual(problems, [], 'no script errors, CSP violations or outside requests');
 });
@@ -248,8 +214,7 @@ test('without the token the figures show and every switch is disabled', { timeou
 test('with the token the console switches a flag and a fault, and shows it', { timeout: 120_000 + warmupSeconds * 1000 }, async () => {
   assert.equal(await flagEnabled(flag), true, `${flag} starts on`);
   const page = await openConsole();
-  const fault = faultsApi ? realFault : await emulateFaultsApi(page);
-  if (!faultsApi) console.log('this build has no /admin/faults: the faults panel runs against a stand-in of api.md');
+  const fault = realFault;
   await load(page);
   const toggle = page.getByRole('switch', { name: flag, exact: true });
   await toggle.waitFor();
