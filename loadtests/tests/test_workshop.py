@@ -72,7 +72,8 @@ class Units(unittest.TestCase):
         rows = [(i / 100, 1.0, 200, True, "GET task") for i in range(1000)]
         rows += [(5.0, 1000.0, 200, False, "GET task") for _ in range(20)]
         rows += [(11.0, 5.0, 503, True, "GET task")]  # after the window
-        run = workshop.RunResult("x", 0, rows, (0, 10.0), {"keel_shed_total": 2}, {"keel_shed_total": 12}, [])
+        run = workshop.RunResult("x", 0, rows, (0, 10.0), {"keel_shed_total": 2, "http_server_request_duration_seconds_count": 0},
+                                 {"keel_shed_total": 12, "http_server_request_duration_seconds_count": 1000}, [])
         s = workshop.summarise(run)
         self.assertEqual(s["requests"], 1000)
         self.assertEqual(s["requests_per_second"], 100)

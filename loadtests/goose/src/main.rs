@@ -6,7 +6,7 @@
 //! ```text
 //! KEEL_LOAD_SCENARIO=peak-hour KEEL_LOAD_SEED=seed.json \
 //!   target/release/keel-load --host http://127.0.0.1:8080 --users 60 --hatch-rate 60 \
-//!   --run-time 30s --throttle-requests 400 --co-mitigation average --request-log requests.csv
+//!   --run-time 30s --throttle-requests 500 --co-mitigation minimum --request-log requests.json
 //! ```
 //!
 //! # The scenarios (`KEEL_LOAD_SCENARIO`)
@@ -17,16 +17,16 @@
 //! | `task-page` | walks a big project's task list page by page (`limit=50`), 20 pages deep, then starts again | batch loading (N+1), indexes |
 //! | `write` | creates a task (30 %), assigns one to another member (25 %: an email), comments (25 %), changes a status (20 %: a stats recompute) | async jobs (the outbox) |
 //! | `peak-hour` | the case study's profile: 80 % reads (task 35, first page 20, project 15, `/v1/me` 10), 15 % writes (create 4, assign 3, comment 4, status 4), 5 % sign-ins | all of them |
-//! | `overload` | `peak-hour`, plus one scraper (a single account listing pages as fast as it can) | load shedding, rate limits, timeouts |
+//! | `overload` | `peak-hour`, plus one scraper per 60 users (a big project's owner walking its task list, 100 a page, with no pause) | load shedding, rate limits |
 //! | `soak` | `peak-hour`, at a steady rate for long | leaks: memory, pools, queue backlog |
 //!
 //! # How the load is shaped
 //!
-//! Each Goose user pauses `KEEL_LOAD_PACE_MS` between requests and the run's
-//! `--throttle-requests` caps the total, so the offered rate is fixed while the service
-//! keeps up. When it does not, users wait on their answers and would send less: Goose's
-//! coordinated-omission mitigation (`--co-mitigation average`) back-fills the requests each
-//! user would have sent on its usual cadence, so a stall is charged for every request it
+//! Each Goose user pauses `KEEL_LOAD_PACE_MS` between requests, so `--users` of them offer
+//! users / pace requests a second while the service keeps up (`--throttle-requests` is only a
+//! ceiling above that). When it does not, users wait on their answers and would send less: Goose's
+//! coordinated-omission mitigation (`--co-mitigation minimum`) back-fills the requests each
+//! user would have sent on its unhindered cadence, so a stall is charged for every request it
 //! held up (the runner reads those synthetic rows apart from the real ones).
 //!
 //! # Users and tokens
@@ -347,6 +347,21 @@ async fn read_me(user: &mut GooseUser) -> TransactionResult {
 
 /// The next page of the walk, or the first again after `PAGE_DEPTH` pages or the last one.
 async fn deep_page(user: &mut GooseUser) -> TransactionResult {
+    walk(user, DEEP_PAGE_LIMIT, "GET task page", "GET deep page").await
+}
+
+/// The scraper of `overload`: the same walk, 100 tasks a page, with no pause — a client
+/// copying a big project as fast as the service lets it.
+async fn scrape(user: &mut GooseUser) -> TransactionResult {
+    walk(user, 100, "scraper: GET page", "scraper: GET page").await
+}
+
+async fn walk(
+    user: &mut GooseUser,
+    limit: usize,
+    first: &'static str,
+    deeper: &'static str,
+) -> TransactionResult {
     let (project, cursor) = {
         let session = user.get_session_data_unchecked::<Session>();
         let Some(project) = &session.walk_project else {
@@ -354,16 +369,12 @@ async fn deep_page(user: &mut GooseUser) -> TransactionResult {
         };
         (project.clone(), session.cursor.clone())
     };
-    let mut path = format!("/v1/projects/{project}/tasks?limit={DEEP_PAGE_LIMIT}");
+    let mut path = format!("/v1/projects/{project}/tasks?limit={limit}");
     if let Some(cursor) = &cursor {
         path.push_str("&cursor=");
         path.push_str(cursor);
     }
-    let name = if cursor.is_some() {
-        "GET deep page"
-    } else {
-        "GET task page"
-    };
+    let name = if cursor.is_some() { deeper } else { first };
     let page = send(user, GooseMethod::Get, &path, name, None).await?;
     let next = page
         .as_ref()
@@ -475,11 +486,6 @@ async fn sign_in(user: &mut GooseUser) -> TransactionResult {
         .build();
     user.request(request).await?;
     Ok(())
-}
-
-/// The scraper of `overload`: one account, no pause, listing pages.
-async fn scrape(user: &mut GooseUser) -> TransactionResult {
-    read_first_page(user).await
 }
 
 fn pace() -> Duration {
@@ -606,12 +612,13 @@ async fn main() -> Result<(), GooseError> {
             ],
         )),
         "peak-hour" | "soak" => attack.register_scenario(peak_hour(&name)?),
+        // One scraper for every 60 users (Goose hands out users by weight).
         "overload" => attack
-            .register_scenario(peak_hour("overload")?.set_weight(1000)?)
+            .register_scenario(peak_hour("overload")?.set_weight(60)?)
             .register_scenario(
                 scenario!("scraper")
                     .set_weight(1)?
-                    .register_transaction(transaction!(start).set_on_start())
+                    .register_transaction(transaction!(start_walker).set_on_start())
                     .register_transaction(transaction!(scrape)),
             ),
         other => {
