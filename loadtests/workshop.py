@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -464,21 +463,27 @@ def own_stack(args, workdir: Path, keel: Path, sink: Path, guardian: Guardian) -
             "KEEL_FLAGS_POLL_INTERVAL": "1s",
         },
     )
-    guardian.drop(pg_server, tag)
-    psql(f"{pg_server}/postgres", f'drop database if exists "{tag}" with (force)')
-    psql(f"{pg_server}/postgres", f'create database "{tag}"')
-    stack.keel_cmd("migrate")
-    note(f"seeding {args.tasks} tasks into {tag}")
-    stack.keel_cmd(
-        "seed", "--tasks", str(args.tasks), "--tokens", str(args.tokens),
-        "--seed", "42", "--out", str(stack.seed_report), timeout=1800,
-    )
     stack.guardian = guardian
-    stack.start_process(
-        "smtp_sink", [str(sink), f"127.0.0.1:{smtp_port}", args.smtp_delay, str(workdir / "accepted.tsv"), "6h"], None
-    )
-    time.sleep(0.3)
-    stack.start_process("keel", [str(keel), "all"], f"{stack.admin}/readyz")
+    guardian.drop(pg_server, tag)
+    try:
+        psql(f"{pg_server}/postgres", f'drop database if exists "{tag}" with (force)')
+        psql(f"{pg_server}/postgres", f'create database "{tag}"')
+        stack.keel_cmd("migrate")
+        note(f"seeding {args.tasks} tasks into {tag}")
+        stack.keel_cmd(
+            "seed", "--tasks", str(args.tasks), "--tokens", str(args.tokens),
+            "--seed", "42", "--out", str(stack.seed_report), timeout=1800,
+        )
+        stack.start_process(
+            "smtp_sink", [str(sink), f"127.0.0.1:{smtp_port}", args.smtp_delay, str(workdir / "accepted.tsv"), "6h"], None
+        )
+        time.sleep(0.3)
+        stack.start_process("keel", [str(keel), "all"], f"{stack.admin}/readyz")
+    except BaseException:
+        # A stack that did not come up is taken down at once (its database too), not left
+        # for the guardian, which only acts when the runner dies.
+        stack.stop()
+        raise
     return stack
 
 
@@ -1050,6 +1055,19 @@ class Session:
             self.stack.stop()
         self.guardian.close()
 
+    def report(self, title: str, sections: list[dict]) -> dict:
+        """The report's document: the sections, with where and how they were measured."""
+        return {
+            "title": title,
+            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": machine(),
+            "seed": seed_facts(self.stack),
+            "pace_ms": self.args.pace or "100 000 / rate (100–1 000)",
+            "duration_s": seconds(self.args.duration),
+            "warmup_s": seconds(self.args.warmup),
+            "sections": sections,
+        }
+
     def shape(self, scenario: str, rate: int, ramp: float = 0.0) -> Shape:
         return Shape(scenario, self.args.rate or rate, seconds(self.args.duration),
                      seconds(self.args.warmup), ramp, self.args.pace)
@@ -1113,17 +1131,7 @@ def before_after(argv: list[str]) -> int:
     session = Session(args, args.fix or "all-fixes")
     try:
         sections = [compare(session, name) for name in fixes]
-        report = {
-            "title": f"Keel before/after: {', '.join(fixes)}",
-            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "machine": machine(),
-            "seed": seed_facts(session.stack),
-            "pace_ms": args.pace or "100 000 / rate (100–1 000)",
-            "duration_s": seconds(args.duration),
-            "warmup_s": seconds(args.warmup),
-            "sections": sections,
-        }
-        write_reports(session.out, report)
+        write_reports(session.out, session.report(f"Keel before/after: {', '.join(fixes)}", sections))
         note(f"report: {session.out / 'report.md'}")
         return 0
     finally:
@@ -1163,17 +1171,7 @@ def scenario(argv: list[str]) -> int:
         }
         if soak:
             section["soak"] = soak
-        report = {
-            "title": f"Keel scenario: {args.name}",
-            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "machine": machine(),
-            "seed": seed_facts(session.stack),
-            "pace_ms": args.pace or "100 000 / rate (100–1 000)",
-            "duration_s": seconds(args.duration),
-            "warmup_s": seconds(args.warmup),
-            "sections": [section],
-        }
-        write_reports(session.out, report)
+        write_reports(session.out, session.report(f"Keel scenario: {args.name}", [section]))
         note(f"{args.name}: {summary['requests_per_second']} req/s, p50 {summary['p50_ms']} ms, "
              f"p99 {summary['p99_ms']} ms; report: {session.out / 'report.md'}")
         return 0

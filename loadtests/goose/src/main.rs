@@ -496,61 +496,34 @@ fn pace() -> Duration {
     Duration::from_millis(ms)
 }
 
-fn weighted(scenario: Scenario, mix: &[(TransactionFunction, usize, &str)]) -> Scenario {
-    mix.iter()
-        .fold(scenario, |scenario, (function, weight, name)| {
-            scenario.register_transaction(
-                Transaction::new(function.clone())
-                    .set_name(name)
-                    .set_weight(*weight)
-                    .expect("weights are positive"),
-            )
-        })
+/// A user scenario: on start, `start` (a token, then ids); then the transactions, each with
+/// its weight, between pauses of the pace.
+fn mix(name: &str, transactions: Vec<(Transaction, usize)>) -> Result<Scenario, GooseError> {
+    let mut scenario = scenario!(name)
+        .set_wait_time(pace(), pace())?
+        .register_transaction(transaction!(start).set_on_start());
+    for (transaction, weight) in transactions {
+        scenario = scenario.register_transaction(transaction.set_weight(weight)?);
+    }
+    Ok(scenario)
 }
 
 /// The case study's peak hour: 80 % reads, 15 % writes, 5 % sign-ins.
 fn peak_hour(name: &str) -> Result<Scenario, GooseError> {
-    let scenario = scenario!(name)
-        .set_wait_time(pace(), pace())?
-        .register_transaction(transaction!(start).set_on_start());
-    Ok(weighted(
-        scenario,
-        &[
-            (
-                std::sync::Arc::new(|u| Box::pin(read_task(u))),
-                35,
-                "read task",
-            ),
-            (
-                std::sync::Arc::new(|u| Box::pin(read_first_page(u))),
-                20,
-                "read page",
-            ),
-            (
-                std::sync::Arc::new(|u| Box::pin(read_project(u))),
-                15,
-                "read project",
-            ),
-            (std::sync::Arc::new(|u| Box::pin(read_me(u))), 10, "read me"),
-            (
-                std::sync::Arc::new(|u| Box::pin(create_task(u))),
-                4,
-                "create task",
-            ),
-            (
-                std::sync::Arc::new(|u| Box::pin(assign_task(u))),
-                3,
-                "assign task",
-            ),
-            (std::sync::Arc::new(|u| Box::pin(comment(u))), 4, "comment"),
-            (
-                std::sync::Arc::new(|u| Box::pin(change_status(u))),
-                4,
-                "change status",
-            ),
-            (std::sync::Arc::new(|u| Box::pin(sign_in(u))), 5, "sign in"),
+    mix(
+        name,
+        vec![
+            (transaction!(read_task), 35),
+            (transaction!(read_first_page), 20),
+            (transaction!(read_project), 15),
+            (transaction!(read_me), 10),
+            (transaction!(create_task), 4),
+            (transaction!(assign_task), 3),
+            (transaction!(comment), 4),
+            (transaction!(change_status), 4),
+            (transaction!(sign_in), 5),
         ],
-    ))
+    )
 }
 
 #[tokio::main]
@@ -560,57 +533,29 @@ async fn main() -> Result<(), GooseError> {
     // Fail before the attack starts, not in every user.
     let _ = REPORT.set(read_seed_report()?);
     attack = match name.as_str() {
-        "hot-read" => attack.register_scenario(weighted(
-            scenario!("hot-read")
-                .set_wait_time(pace(), pace())?
-                .register_transaction(transaction!(start).set_on_start()),
-            &[
-                (
-                    std::sync::Arc::new(|u| Box::pin(read_task(u))),
-                    50,
-                    "read task",
-                ),
-                (
-                    std::sync::Arc::new(|u| Box::pin(read_project(u))),
-                    30,
-                    "read project",
-                ),
-                (
-                    std::sync::Arc::new(|u| Box::pin(read_first_page(u))),
-                    20,
-                    "read page",
-                ),
+        "hot-read" => attack.register_scenario(mix(
+            "hot-read",
+            vec![
+                (transaction!(read_task), 50),
+                (transaction!(read_project), 30),
+                (transaction!(read_first_page), 20),
             ],
-        )),
+        )?),
         "task-page" => attack.register_scenario(
             scenario!("task-page")
                 .set_wait_time(pace(), pace())?
                 .register_transaction(transaction!(start_walker).set_on_start())
                 .register_transaction(transaction!(deep_page)),
         ),
-        "write" => attack.register_scenario(weighted(
-            scenario!("write")
-                .set_wait_time(pace(), pace())?
-                .register_transaction(transaction!(start).set_on_start()),
-            &[
-                (
-                    std::sync::Arc::new(|u| Box::pin(create_task(u))),
-                    30,
-                    "create task",
-                ),
-                (
-                    std::sync::Arc::new(|u| Box::pin(assign_task(u))),
-                    25,
-                    "assign task",
-                ),
-                (std::sync::Arc::new(|u| Box::pin(comment(u))), 25, "comment"),
-                (
-                    std::sync::Arc::new(|u| Box::pin(change_status(u))),
-                    20,
-                    "change status",
-                ),
+        "write" => attack.register_scenario(mix(
+            "write",
+            vec![
+                (transaction!(create_task), 30),
+                (transaction!(assign_task), 25),
+                (transaction!(comment), 25),
+                (transaction!(change_status), 20),
             ],
-        )),
+        )?),
         "peak-hour" | "soak" => attack.register_scenario(peak_hour(&name)?),
         // One scraper for every 60 users (Goose hands out users by weight).
         "overload" => attack
