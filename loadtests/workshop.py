@@ -267,9 +267,11 @@ class Guardian:
         """Also stop this process (a server the runner started) when the runner dies."""
         self._tell(str(pid))
 
-    def drop(self, pg_server: str, database: str) -> None:
-        """Also drop this scratch database when the runner dies."""
+    def drop(self, pg_server: str, database: str, redis_prefix: str) -> None:
+        """Also drop this scratch database, and the Redis keys under this prefix, when the
+        runner dies."""
         self._tell(f"db {pg_server} {database}")
+        self._tell(f"redis {redis_prefix}")
 
     def close(self) -> None:
         """The runner ended normally and restored everything itself."""
@@ -281,10 +283,10 @@ class Guardian:
 
 def guard(record: Path) -> None:
     """The guardian's body (`workshop.py --guard RECORD`): lines on stdin are process ids to
-    stop, `db PG_SERVER NAME` a scratch database to drop, `done` a clean end."""
+    stop, `db PG_SERVER NAME` a scratch database to drop, `redis PREFIX` keys to delete, `done` a clean end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    pids, databases, done = [], [], False
+    pids, databases, prefixes, done = [], [], [], False
     for line in sys.stdin:
         line = line.strip()
         if line == "done":
@@ -293,6 +295,8 @@ def guard(record: Path) -> None:
             pids.append(int(line))
         elif line.startswith("db "):
             databases.append(line.split(" ", 2)[1:])
+        elif line.startswith("redis "):
+            prefixes.append(line.split(" ", 1)[1])
     if done:
         return
     note("the runner ended without cleaning up; restoring its switches")
@@ -311,6 +315,11 @@ def guard(record: Path) -> None:
             psql(f"{server}/postgres", f'drop database if exists "{name}" with (force)')
         except (subprocess.SubprocessError, OSError) as e:
             note(f"could not drop {name}: {e}")
+    for prefix in prefixes:
+        try:
+            redis_delete_prefix(prefix)
+        except OSError as e:
+            note(f"could not delete the Redis keys under {prefix}: {e}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +340,57 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def redis_delete_prefix(prefix: str, host: str = "127.0.0.1", port: int = 6379) -> int:
+    """Deletes every Redis key under `prefix` (SCAN, then UNLINK), speaking RESP over a socket:
+    a few lines instead of a client library or `redis-cli` on every laptop."""
+    import socket
+
+    def command(sock, buf, *args: str):
+        sock.sendall(b"".join([f"*{len(args)}\r\n".encode()]
+                              + [f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args]))
+        return read(sock, buf)
+
+    def line(sock, buf) -> bytes:
+        while b"\r\n" not in buf[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            buf[0] += chunk
+        head, buf[0] = buf[0].split(b"\r\n", 1)
+        return head
+
+    def read(sock, buf):
+        head = line(sock, buf)
+        kind, rest = head[:1], head[1:]
+        if kind in (b"+", b":"):
+            return rest.decode()
+        if kind == b"-":
+            raise OSError(rest.decode())
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(buf[0]) < n + 2:
+                buf[0] += sock.recv(65536)
+            value, buf[0] = buf[0][:n], buf[0][n + 2:]
+            return value.decode()
+        if kind == b"*":
+            return [read(sock, buf) for _ in range(int(rest))]
+        raise OSError(f"unexpected reply {head!r}")
+
+    deleted = 0
+    with socket.create_connection((host, port), timeout=10) as sock:
+        buf = [b""]
+        cursor = "0"
+        for _ in range(100_000):  # bounded: 100 000 pages of 1 000 keys
+            cursor, keys = command(sock, buf, "SCAN", cursor, "MATCH", f"{prefix}*", "COUNT", "1000")
+            if keys:
+                deleted += int(command(sock, buf, "UNLINK", *keys))
+            if cursor == "0":
+                break
+    return deleted
 
 
 def psql(url: str, sql: str) -> None:
@@ -410,6 +470,10 @@ class Stack:
                     self.keel_cmd("jobs", "delete-topology", timeout=60)
                 except (subprocess.SubprocessError, OSError) as e:
                     note(f"could not delete the RabbitMQ topology: {e}")
+            try:
+                redis_delete_prefix(self.env["KEEL_REDIS_PREFIX"])
+            except OSError as e:
+                note(f"could not delete the Redis keys under {self.env['KEEL_REDIS_PREFIX']}: {e}")
 
 
 def build() -> tuple[Path, Path, Path]:
@@ -464,7 +528,7 @@ def own_stack(args, workdir: Path, keel: Path, sink: Path, guardian: Guardian) -
         },
     )
     stack.guardian = guardian
-    guardian.drop(pg_server, tag)
+    guardian.drop(pg_server, tag, f"{tag}:")
     try:
         psql(f"{pg_server}/postgres", f'drop database if exists "{tag}" with (force)')
         psql(f"{pg_server}/postgres", f'create database "{tag}"')
@@ -1048,10 +1112,11 @@ class Session:
         self._closed = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            self.switches.restore()
-        except (RunError, AttributeError) as e:
-            note(str(e))
+        if hasattr(self, "switches"):  # not before the stack is up
+            try:
+                self.switches.restore()
+            except RunError as e:
+                note(str(e))
         if getattr(self, "stack", None):
             self.stack.stop()
         self.guardian.close()
