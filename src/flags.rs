@@ -191,10 +191,17 @@ impl Flags {
 
     /// Applies rows read from the store; rows of flags this build does not know (an older
     /// or newer instance's) are ignored.
+    ///
+    /// A row older than the one held is ignored: a refresh whose read began before a change
+    /// this instance has already applied (the admin API applies its own write at once) must
+    /// not put the old value back until the next refresh.
     pub fn apply(&self, rows: &[db::flags::FlagRow]) {
         let mut updated_at = self.0.updated_at.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             if let Some(flag) = Flag::from_name(&row.name) {
+                if updated_at[flag.index()].is_some_and(|held| row.updated_at < held) {
+                    continue;
+                }
                 self.set(flag, row.enabled);
                 updated_at[flag.index()] = Some(row.updated_at);
             }
@@ -353,6 +360,37 @@ mod tests {
         );
         flags.apply_faults(&[row("redis", 0, 0.0)]);
         assert!(faults.get(Dependency::Redis).is_none());
+    }
+
+    #[test]
+    fn a_refresh_read_before_a_change_does_not_undo_it() {
+        let flags = Flags::default();
+        let before = Utc::now();
+        let changed = before + chrono::Duration::milliseconds(5);
+        let row = |enabled, updated_at| db::flags::FlagRow {
+            name: "cache".into(),
+            enabled,
+            updated_at,
+        };
+        // The admin API applies its write (off) ...
+        flags.apply(&[row(false, changed)]);
+        // ... and a refresh that read the table just before it arrives after it.
+        flags.apply(&[row(true, before)]);
+        assert!(!flags.enabled(Flag::Cache));
+        let faults = flags.faults();
+        faults.apply(
+            Dependency::Redis,
+            Fault {
+                latency_ms: 300,
+                error_rate: 0.0,
+            },
+            changed,
+        );
+        faults.apply(Dependency::Redis, Fault::NONE, before);
+        assert_eq!(faults.get(Dependency::Redis).latency_ms, 300);
+        // A newer read applies, as ever.
+        flags.apply(&[row(true, changed + chrono::Duration::milliseconds(1))]);
+        assert!(flags.enabled(Flag::Cache));
     }
 
     #[test]

@@ -220,8 +220,15 @@ impl Faults {
     }
 
     /// Applies a value read from the store, changed at `updated_at`.
+    ///
+    /// A value older than the one held is ignored: a refresh whose read began before a
+    /// change this instance has already applied (the admin API applies its own write at
+    /// once) must not put the old value back.
     pub fn apply(&self, dependency: Dependency, fault: Fault, updated_at: DateTime<Utc>) {
         let mut stamps = self.0.updated_at.write().unwrap_or_else(|e| e.into_inner());
+        if stamps[dependency.index()].is_some_and(|held| updated_at < held) {
+            return;
+        }
         self.set(dependency, fault);
         stamps[dependency.index()] = Some(updated_at);
     }
