@@ -1078,6 +1078,13 @@ class Session:
 
     def __init__(self, args, name: str):
         self.args = args
+        self.stack: Stack | None = None
+        self.guardian: Guardian | None = None
+        self._closed = False
+        # First of all, so that an interrupt at any point (the build included) ends the
+        # same way: whatever exists so far is put back and stopped.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
         self.out = (args.out or ROOT / "target" / "workshop" / name).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.keel, sink, self.goose = build()
@@ -1088,15 +1095,10 @@ class Session:
                 check_loopback(url)
             self.stack = Stack(args.api, args.admin, args.admin_token, args.seed_report.resolve(),
                                keel=self.keel, workdir=self.out)
-        else:
-            self.stack = None
         self.record = self.out / "switches.json"
         self.guardian = Guardian(self.record, args.admin_token)
         if self.stack is not None:
             self.stack.guardian = self.guardian
-        self._closed = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
         if self.stack is None:
             self.stack = own_stack(args, self.out, self.keel, sink, self.guardian)
         self.switches = Switches(Admin(self.stack.admin, self.stack.token), self.record)
@@ -1117,9 +1119,10 @@ class Session:
                 self.switches.restore()
             except RunError as e:
                 note(str(e))
-        if getattr(self, "stack", None):
+        if self.stack is not None:
             self.stack.stop()
-        self.guardian.close()
+        if self.guardian is not None:
+            self.guardian.close()
 
     def report(self, title: str, sections: list[dict]) -> dict:
         """The report's document: the sections, with where and how they were measured."""
