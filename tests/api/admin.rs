@@ -35,12 +35,7 @@ async fn flag(app: &TestApp, name: &str) -> bool {
 }
 
 async fn put_flag(app: &TestApp, name: &str, body: &Value) -> reqwest::Response {
-    app.admin_request(Method::PUT, &format!("/admin/flags/{name}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.admin_put(&format!("/admin/flags/{name}"), body).await
 }
 
 async fn set_flag(app: &TestApp, name: &str, enabled: bool) -> reqwest::Response {

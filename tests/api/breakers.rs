@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 use keel::jobs::broker::BREAKER_OPEN;
 use keel::resilience::BreakerState;
 use keel::server::Role;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TcpProxy, TestApp, TestDb, TestUser, amqp_addr, counter_sum, eventually,
-    pool_through, postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_mailing,
-    spawn_role,
+    TcpProxy, TestApp, TestDb, TestUser, amqp_addr, counter_sum, eventually, pool_through,
+    postgres_addr, redis, redis_addr, redis_keys, spawn_app_with_pool, spawn_mailing, spawn_role,
 };
 use crate::smtp_sink::{Behaviour, SmtpSink};
 
@@ -43,12 +42,11 @@ async fn app_with(
 /// Switches a fix flag through the admin API, as a workshop does.
 async fn set_flag(app: &TestApp, name: &str, enabled: bool) {
     let response = app
-        .admin_request(Method::PUT, &format!("/admin/flags/{name}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"enabled": enabled}))
-        .send()
-        .await
-        .unwrap();
+        .admin_put(
+            &format!("/admin/flags/{name}"),
+            &json!({"enabled": enabled}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK, "{name} switched");
 }
 

@@ -45,12 +45,8 @@ async fn listed(app: &TestApp, dependency: &str) -> Value {
 }
 
 async fn put_fault(app: &TestApp, dependency: &str, body: &Value) -> reqwest::Response {
-    app.admin_request(Method::PUT, &format!("/admin/faults/{dependency}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body)
-        .send()
+    app.admin_put(&format!("/admin/faults/{dependency}"), body)
         .await
-        .unwrap()
 }
 
 /// Sets a fault through the admin API, as a workshop does.
@@ -508,12 +504,8 @@ async fn the_switches_stay_switchable_while_postgres_fails_every_call() {
 
     // Flags and faults are written on the raw pool, past the fault they switch.
     let response = app
-        .admin_request(Method::PUT, "/admin/flags/batch_loading")
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
+        .admin_put("/admin/flags/batch_loading", &json!({"enabled": false}))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     set_fault(&app, "postgres", 0, 0.0).await;
 

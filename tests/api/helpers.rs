@@ -487,6 +487,17 @@ impl TestApp {
         self.client.request(method, format!("{}{path}", self.admin))
     }
 
+    /// `PUT` a JSON body to the admin API with the admin token, as an operator, the
+    /// console or a workshop runner does (a flag, a fault).
+    pub async fn admin_put(&self, path: &str, body: &Value) -> Response {
+        self.admin_request(Method::PUT, path)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("the admin listener answers")
+    }
+
     /// `GET /metrics` on the admin listener: the Prometheus exposition.
     pub async fn metrics(&self) -> String {
         let response = self
