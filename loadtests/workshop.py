@@ -775,7 +775,7 @@ def by_request(rows: list) -> dict:
     return out
 
 
-def timeline(run: RunResult, offset: float = 0.0) -> list[dict]:
+def timeline(run: RunResult) -> list[dict]:
     """Per second of the run: requests answered, and p50/p99 (back-filled samples included)."""
     by_second: dict[int, list] = {}
     for t, latency, status, real, _ in run.rows:
@@ -785,7 +785,7 @@ def timeline(run: RunResult, offset: float = 0.0) -> list[dict]:
         samples = by_second[second]
         lat = sorted(s[0] for s in samples)
         out.append({
-            "t": second + offset,
+            "t": second,
             "rps": sum(1 for s in samples if s[2]),
             "errors": sum(1 for s in samples if s[2] and (s[1] >= 500 or s[1] == 0)),
             "p50_ms": round(percentile(lat, 50), 2),
@@ -874,24 +874,23 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def charts(name: str, runs: list[RunResult], out: Path) -> list[str]:
-    """Latency percentiles and throughput over time, the runs one after another on one axis,
-    each switch (the start of the next run, a schedule's step) marked."""
+def charts(name: str, runs: list[RunResult], timelines: list[list[dict]], out: Path) -> list[str]:
+    """Latency percentiles and throughput over time (each run's `timeline`), the runs one after
+    another on one axis, each switch (the start of the next run, a schedule's step) marked."""
     lat: dict[str, list] = {}
     rps: dict[str, list] = {}
     marks: list = []
     shades: list = []
     offset = 0.0
-    for run in runs:
-        tl = timeline(run, offset)
-        lat[f"p99 {run.label}"] = [(p["t"], p["p99_ms"]) for p in tl]
-        lat[f"p50 {run.label}"] = [(p["t"], p["p50_ms"]) for p in tl]
-        rps[f"req/s {run.label}"] = [(p["t"], p["rps"]) for p in tl]
+    for run, tl in zip(runs, timelines):
+        lat[f"p99 {run.label}"] = [(offset + p["t"], p["p99_ms"]) for p in tl]
+        lat[f"p50 {run.label}"] = [(offset + p["t"], p["p50_ms"]) for p in tl]
+        rps[f"req/s {run.label}"] = [(offset + p["t"], p["rps"]) for p in tl]
         if offset:
             marks.append((offset, f"switch: {run.label.replace('-', ' ')}"))
         shades.append((offset, offset + run.window[0]))
         marks += [(offset + t, text) for t, text in run.steps]
-        offset += max((p["t"] - offset for p in tl), default=0) + 1
+        offset += max((p["t"] for p in tl), default=0) + 1
     files = []
     for kind, series, label, log_y in (("latency", lat, "ms (log scale)", True),
                                        ("throughput", rps, "requests answered per second", False)):
@@ -1168,6 +1167,7 @@ def compare(session: Session, name: str) -> dict:
     for flag in c.held_off:
         sw.flag(flag, sw.original["flags"][flag])
     summaries = [summarise(r) for r in runs]
+    timelines = [timeline(r) for r in runs]
     off, on = summaries
     section = {
         "name": name,
@@ -1175,12 +1175,12 @@ def compare(session: Session, name: str) -> dict:
         "why": c.why,
         "rate": session.args.rate or c.rate,
         "faults": {d: {"latency_ms": l, "error_rate": e} for d, (l, e) in c.faults.items()},
-        "runs": [{"label": r.label.rsplit("-", 1)[1], "summary": s, "timeline": timeline(r)}
-                 for r, s in zip(runs, summaries)],
+        "runs": [{"label": r.label.rsplit("-", 1)[1], "summary": s, "timeline": tl}
+                 for r, s, tl in zip(runs, summaries, timelines)],
         "ratios": {k: ratio(on[f"{k}_ms"], off[f"{k}_ms"]) for k in ("p50", "p90", "p99")}
         | {"p99_2xx": ratio(on["p99_ms_2xx"], off["p99_ms_2xx"])}
         | {"requests_per_second": ratio(on["requests_per_second"], off["requests_per_second"])},
-        "charts": charts(name, runs, session.out),
+        "charts": charts(name, runs, timelines, session.out),
     }
     note(f"{name}: p99 off {off['p99_ms']} ms → on {on['p99_ms']} ms (2xx: {off['p99_ms_2xx']} → "
          f"{on['p99_ms_2xx']}); "
@@ -1229,14 +1229,15 @@ def scenario(argv: list[str]) -> int:
         finally:
             soak = sampler.stop() if sampler else None
         summary = summarise(run)
+        tl = timeline(run)
         section = {
             "name": args.name,
             "scenario": args.name,
             "why": f"{args.name} at {shape.rate} req/s" + (f", schedule {args.schedule.name}" if steps else ""),
             "rate": shape.rate,
-            "runs": [{"label": args.name, "summary": summary, "timeline": timeline(run)}],
+            "runs": [{"label": args.name, "summary": summary, "timeline": tl}],
             "steps": [{"t": t, "what": what, "run": args.name} for t, what in run.steps],
-            "charts": charts(args.name, [run], session.out),
+            "charts": charts(args.name, [run], [tl], session.out),
         }
         if soak:
             section["soak"] = soak

@@ -295,12 +295,14 @@ async fn start_walker(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// One of the ids the user knows, drawn by `draw` (with its skew); `None` when it knows none,
+/// and the caller reads `/v1/me` instead.
+fn drawn(user: &GooseUser, draw: fn(&Session) -> Option<&str>) -> Option<String> {
+    draw(user.get_session_data_unchecked::<Session>()).map(str::to_owned)
+}
+
 async fn read_task(user: &mut GooseUser) -> TransactionResult {
-    let Some(task) = user
-        .get_session_data_unchecked::<Session>()
-        .task()
-        .map(str::to_owned)
-    else {
+    let Some(task) = drawn(user, Session::task) else {
         return read_me(user).await;
     };
     send(
@@ -315,11 +317,7 @@ async fn read_task(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn read_project(user: &mut GooseUser) -> TransactionResult {
-    let Some(project) = user
-        .get_session_data_unchecked::<Session>()
-        .project()
-        .map(str::to_owned)
-    else {
+    let Some(project) = drawn(user, Session::project) else {
         return read_me(user).await;
     };
     let path = format!("/v1/projects/{project}");
@@ -328,11 +326,7 @@ async fn read_project(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn read_first_page(user: &mut GooseUser) -> TransactionResult {
-    let Some(project) = user
-        .get_session_data_unchecked::<Session>()
-        .project()
-        .map(str::to_owned)
-    else {
+    let Some(project) = drawn(user, Session::project) else {
         return read_me(user).await;
     };
     let path = format!("/v1/projects/{project}/tasks?limit=20");
@@ -392,11 +386,7 @@ async fn walk(
 }
 
 async fn create_task(user: &mut GooseUser) -> TransactionResult {
-    let Some(project) = user
-        .get_session_data_unchecked::<Session>()
-        .project()
-        .map(str::to_owned)
-    else {
+    let Some(project) = drawn(user, Session::project) else {
         return read_me(user).await;
     };
     let n: u32 = rand::rng().random();
@@ -432,11 +422,7 @@ async fn assign_task(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn change_status(user: &mut GooseUser) -> TransactionResult {
-    let Some(task) = user
-        .get_session_data_unchecked::<Session>()
-        .task()
-        .map(str::to_owned)
-    else {
+    let Some(task) = drawn(user, Session::task) else {
         return read_me(user).await;
     };
     let status = ["todo", "doing", "done"][rand::rng().random_range(0..3)];
@@ -453,11 +439,7 @@ async fn change_status(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn comment(user: &mut GooseUser) -> TransactionResult {
-    let Some(task) = user
-        .get_session_data_unchecked::<Session>()
-        .task()
-        .map(str::to_owned)
-    else {
+    let Some(task) = drawn(user, Session::task) else {
         return read_me(user).await;
     };
     let path = format!("/v1/tasks/{task}/comments");
