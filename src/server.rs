@@ -220,6 +220,17 @@ fn start_background(state: &AppState, role: Role) -> Background {
             telemetry::metrics::run_upkeep(handle, stop)
         });
     }
+    if role.serves_api()
+        && let (Some(replica), Some(read)) = (
+            state.loaders.reads().replica().cloned(),
+            state.config.database.read.as_ref(),
+        )
+    {
+        let (primary, poll) = (state.db.pool().clone(), read.poll);
+        background.spawn("read-replica monitor", move |stop| {
+            replica.run_monitor(primary, poll, stop)
+        });
+    }
     if role.serves_api() {
         let (db, config) = (state.db.clone(), state.config.idempotency);
         background.spawn("idempotency-key pruner", move |stop| {
@@ -249,6 +260,14 @@ fn start_background(state: &AppState, role: Role) -> Background {
 /// (Swagger UI, served from the binary: it works offline), in the middleware stack.
 fn public_router(state: AppState) -> Router {
     let (routes, document) = api::routes();
+    // Read-your-writes for the read replica, on the API's routes only (`api::writes`).
+    let routes = match state.loaders.reads().replica() {
+        Some(_) => routes.layer(axum::middleware::from_fn_with_state(
+            state.loaders.reads().clone(),
+            api::writes::track,
+        )),
+        None => routes,
+    };
     let app = routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(problem::not_found)

@@ -23,10 +23,11 @@ use crate::auth::{CursorKey, Keyring, PasswordHasher};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::replica::Replica;
 use crate::flags::Flags;
 use crate::jobs::{Broker, Jobs, Mailer, Runner};
 use crate::limits::Limiter;
-use crate::loaders::Loaders;
+use crate::loaders::{Loaders, Reads};
 use crate::readiness::{Need, Readiness};
 use crate::resilience::Breaker;
 use crate::telemetry;
@@ -155,12 +156,33 @@ impl AppState {
                 },
             );
         }
+        let mut reads = Reads::new(db.clone(), cache.clone());
+        if let Some(read) = &config.database.read {
+            let replica = Replica::new(
+                read,
+                config.database.breaker,
+                config.database.acquire_timeout,
+                &breakers,
+                faults.clone(),
+            );
+            let probe_replica = replica.clone();
+            readiness.register(
+                "postgres_replica",
+                Need::Optional,
+                config.http.readiness_timeout,
+                move || {
+                    let replica = probe_replica.clone();
+                    async move { replica.ping().await }
+                },
+            );
+            reads = reads.with_replica(replica, read.read_your_writes);
+        }
         let runner = Runner::new(db.clone(), cache.clone(), mailer, config.jobs.job_timeout);
         Ok(Self(Arc::new(App {
             jobs: Jobs::new(flags.clone(), runner.clone()),
             broker,
             runner,
-            loaders: Loaders::new(db.clone(), cache.clone(), flags.clone()),
+            loaders: Loaders::new(db.clone(), cache.clone(), flags.clone(), reads),
             limiter: Limiter::new(&config.rate_limit, &config.redis, &cache),
             cache,
             config,

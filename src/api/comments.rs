@@ -136,13 +136,14 @@ async fn list_comments(
         format!("comments|{}", access.task_id),
         Keyset::OLDEST,
     )?;
-    let rows = db::comments::list_for_task(
-        &state.db,
-        access.task_id,
-        request.after,
-        request.fetch_limit(),
-    )
-    .await?;
+    let (task_id, after, limit) = (access.task_id, request.after, request.fetch_limit());
+    let rows = state
+        .loaders
+        .reads()
+        .list(access.user_id, move |db| async move {
+            db::comments::list_for_task(&db, task_id, after, limit).await
+        })
+        .await?;
     Ok(AppJson(request.page(
         rows,
         db::comments::Comment::keyset,

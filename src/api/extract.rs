@@ -71,6 +71,10 @@ where
         })?;
         let user = AuthUser { id };
         parts.extensions.insert(user);
+        // A write's caller, for read-your-writes (`super::writes`), when it is tracked.
+        if let Some(writer) = parts.extensions.get::<super::writes::Writer>() {
+            writer.set(id);
+        }
         Ok(user)
     }
 }

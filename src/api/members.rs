@@ -22,6 +22,7 @@ use crate::db::{self, Db};
 use crate::domain::{Email, Role};
 use crate::http::{ApiError, AppJson, AppPath, ResultExt};
 use crate::jobs::Jobs;
+use crate::loaders::Loaders;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -127,10 +128,16 @@ impl From<db::members::Member> for MemberBody {
 )]
 #[tracing::instrument(level = "trace", skip_all, fields(project_id = %access.project_id))]
 async fn list_members(
-    State(db): State<Db>,
+    State(loaders): State<Loaders>,
     access: ProjectAccess<AnyMember>,
 ) -> Result<AppJson<MemberList>, ApiError> {
-    let members = db::members::list(&db, access.project_id).await?;
+    let project_id = access.project_id;
+    let members = loaders
+        .reads()
+        .list(access.user_id, move |db| async move {
+            db::members::list(&db, project_id).await
+        })
+        .await?;
     Ok(AppJson(MemberList {
         items: members.into_iter().map(MemberBody::from).collect(),
     }))

@@ -26,6 +26,7 @@ mod stats;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
+pub mod writes;
 
 use axum::Router;
 use utoipa::OpenApi as _;

@@ -146,9 +146,14 @@ async fn list_projects(
         format!("projects|{}", user.id),
         Keyset::NEWEST,
     )?;
-    let rows =
-        db::projects::list_for_member(&state.db, user.id, request.after, request.fetch_limit())
-            .await?;
+    let (after, limit) = (request.after, request.fetch_limit());
+    let rows = state
+        .loaders
+        .reads()
+        .list(user.id, move |db| async move {
+            db::projects::list_for_member(&db, user.id, after, limit).await
+        })
+        .await?;
     Ok(AppJson(request.page(
         rows,
         |p| p.keyset(),

@@ -340,6 +340,7 @@ async fn list_project_tasks(
     let rows = state
         .loaders
         .project_tasks(
+            access.user_id,
             access.project_id,
             filter,
             request.after,
@@ -372,14 +373,14 @@ async fn list_my_tasks(
         status.map_or("-", TaskStatus::as_str)
     );
     let request = page.parse(&state.cursors, scope, Keyset::NEWEST)?;
-    let rows = db::tasks::list_for_assignee(
-        &state.db,
-        user.id,
-        status,
-        request.after,
-        request.fetch_limit(),
-    )
-    .await?;
+    let (after, limit) = (request.after, request.fetch_limit());
+    let rows = state
+        .loaders
+        .reads()
+        .list(user.id, move |db| async move {
+            db::tasks::list_for_assignee(&db, user.id, status, after, limit).await
+        })
+        .await?;
     Ok(AppJson(task_page(&state.loaders, &request, rows).await?))
 }
 

@@ -719,6 +719,40 @@ impl Cache {
         self.call_unchecked(operation, script, args).await
     }
 
+    /// Notes that `user` wrote, up to WAL position `position`, for `window`: until then,
+    /// their list reads check the replica's replay position against it
+    /// (`crate::loaders::reads`). Outside the epoch, so dropping the cache keeps it; run
+    /// twice, it leaves the same marker (a retry is harmless).
+    pub async fn mark_write(
+        &self,
+        user: Uuid,
+        position: u64,
+        window: Duration,
+    ) -> Result<(), Unavailable> {
+        let _: i64 = self
+            .call_unchecked("ryw.mark", &scripts::MARK_WRITE, |invocation| {
+                invocation
+                    .arg(user.to_string())
+                    .arg(format!("{position:016x}"))
+                    .arg(window.as_millis().max(1) as u64);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The WAL position of `user`'s latest write within its window, if any
+    /// ([`Cache::mark_write`]).
+    pub async fn last_write(&self, user: Uuid) -> Result<Option<u64>, Unavailable> {
+        let marker: Option<String> = self
+            .call_unchecked("ryw.read", &scripts::LAST_WRITE, |invocation| {
+                invocation.arg(user.to_string());
+            })
+            .await?;
+        // A marker that does not parse was not written by this code: treat the write as
+        // not yet replayed anywhere, so the primary answers until it expires.
+        Ok(marker.map(|m| u64::from_str_radix(&m, 16).unwrap_or(u64::MAX)))
+    }
+
     /// Drops every entry at once by advancing the epoch: the repair after a lost
     /// invalidation, and what `keel seed` does after replacing the data behind a running
     /// service's back.
@@ -771,7 +805,12 @@ impl Cache {
         );
         let idempotent = matches!(
             operation,
-            "cache.read" | "cache.read_task" | "cache.read_page" | "cache.invalidate"
+            "cache.read"
+                | "cache.read_task"
+                | "cache.read_page"
+                | "cache.invalidate"
+                | "ryw.mark"
+                | "ryw.read"
         );
         let attempt = || self.attempt::<R>(&invocation);
         let result = if idempotent {

@@ -150,3 +150,26 @@ bump(prefix .. 'epoch')
 return 1"
     ))
 });
+
+/// Read-your-writes markers (`crate::loaders::reads`), outside the epoch (dropping the
+/// cache must not forget who just wrote): `prefix .. 'ryw:' .. user` holds the WAL position
+/// of that user's latest write as 16 hex digits, so that string order is position order.
+/// `ARGV[2]` the user, `ARGV[3]` the position, `ARGV[4]` the marker's life in ms. A later
+/// write at a lower position (two writes racing) keeps the higher one and renews it.
+pub static MARK_WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local key = ARGV[1] .. 'ryw:' .. ARGV[2]
+local current = redis.call('GET', key)
+if (not current) or current < ARGV[3] then
+  redis.call('SET', key, ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('PEXPIRE', key, ARGV[4])
+end
+return 1"#,
+    )
+});
+
+/// The marker of [`MARK_WRITE`], or nil. `ARGV[2]` the user.
+pub static LAST_WRITE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("return redis.call('GET', ARGV[1] .. 'ryw:' .. ARGV[2])"));

@@ -1,4 +1,5 @@
-//! Postgres: `DATABASE_URL` and the pool's sizes and timeouts.
+//! Postgres: `DATABASE_URL` and the pool's sizes and timeouts, and the optional read
+//! replica (`DATABASE_READ_URL`, [`ReadReplicaConfig`]).
 //!
 //! Readable on its own ([`DatabaseConfig::from_env`]) because `keel migrate` needs a
 //! connection and nothing else — in particular no secrets.
@@ -41,6 +42,106 @@ pub struct DatabaseConfig {
     /// window (50 calls, judged from 20) passes in well under a second under load; open for
     /// 5s, with 5 probes: one lucky statement on a recovering server does not close it.
     pub breaker: BreakerSettings,
+    /// `DATABASE_READ_URL` and its settings: a streaming replica for the list reads, or
+    /// `None` (every read goes to `DATABASE_URL`).
+    pub read: Option<ReadReplicaConfig>,
+}
+
+/// The read replica (`crate::db::replica`): where it is, how big its pool is, and how
+/// stale a read from it may be.
+#[derive(Clone)]
+pub struct ReadReplicaConfig {
+    /// `DATABASE_READ_URL`, parsed (never printed: it may carry a password).
+    pub connect: PgConnectOptions,
+    /// `KEEL_DB_READ_MAX_CONNECTIONS`: the replica pool's ceiling, per process (default:
+    /// `KEEL_DB_MAX_CONNECTIONS`). It counts against the *replica's* `max_connections`.
+    pub max_connections: u32,
+    /// `KEEL_DB_READ_MAX_LAG`: a replica further behind than this serves no reads, until
+    /// it catches up. The staleness a reader who wrote nothing can see is at most this
+    /// plus one poll.
+    pub max_lag: Duration,
+    /// `KEEL_DB_READ_POLL`: how often each instance reads the replica's replay position
+    /// and lag. A read-your-writes reader waits on the primary for up to one poll after
+    /// the replica has actually caught up.
+    pub poll: Duration,
+    /// `KEEL_DB_READ_YOUR_WRITES_WINDOW`: how long after a write the writer's reads are
+    /// checked against the write's commit position. Longer than `max_lag` plus a poll
+    /// (checked here), so that by the time a marker expires a replica that still serves
+    /// reads has replayed the write anyway.
+    pub read_your_writes: Duration,
+}
+
+impl std::fmt::Debug for ReadReplicaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadReplicaConfig")
+            .field("host", &self.connect.get_host())
+            .field("port", &self.connect.get_port())
+            .field("database", &self.connect.get_database())
+            .field("max_connections", &self.max_connections)
+            .field("max_lag", &self.max_lag)
+            .field("poll", &self.poll)
+            .field("read_your_writes", &self.read_your_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Postgres URL from `var`, named `keel` to the server; the parser's complaint is
+/// reported, never the value (it may carry a password).
+fn postgres_url(var: &'static str, url: &str) -> Result<PgConnectOptions, ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(error(var, "must be a postgres:// or postgresql:// URL"));
+    }
+    Ok(PgConnectOptions::from_str(url)
+        .map_err(|e| error(var, format!("is not a valid Postgres URL: {e}")))?
+        .application_name("keel"))
+}
+
+impl ReadReplicaConfig {
+    /// `None` when `DATABASE_READ_URL` is unset or empty.
+    fn read(vars: &Vars<'_>, primary_max: u32) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = vars.get("DATABASE_READ_URL") else {
+            return Ok(None);
+        };
+        // Named apart from the primary's connections in `pg_stat_activity`: a URL that
+        // names the primary itself (a test, a small deployment) stays tellable.
+        let connect = postgres_url("DATABASE_READ_URL", &url)?.application_name("keel-read");
+        let max_connections = vars.range("KEEL_DB_READ_MAX_CONNECTIONS", primary_max, 1, 1000)?;
+        let max_lag = vars.duration_range(
+            "KEEL_DB_READ_MAX_LAG",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        let poll = vars.duration_range(
+            "KEEL_DB_READ_POLL",
+            Duration::from_millis(250),
+            Duration::from_millis(10),
+            Duration::from_secs(10),
+        )?;
+        let read_your_writes = vars.duration_range(
+            "KEEL_DB_READ_YOUR_WRITES_WINDOW",
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        if read_your_writes <= max_lag + poll {
+            return Err(error(
+                "KEEL_DB_READ_YOUR_WRITES_WINDOW",
+                format!(
+                    "{} must be longer than KEEL_DB_READ_MAX_LAG plus KEEL_DB_READ_POLL ({})",
+                    humantime::format_duration(read_your_writes),
+                    humantime::format_duration(max_lag + poll)
+                ),
+            ));
+        }
+        Ok(Some(Self {
+            connect,
+            max_connections,
+            max_lag,
+            poll,
+            read_your_writes,
+        }))
+    }
 }
 
 const BREAKER_VARS: BreakerVars = BreakerVars {
@@ -76,6 +177,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("test_before_acquire", &self.test_before_acquire)
             .field("breaker", &self.breaker)
+            .field("read", &self.read)
             .finish_non_exhaustive()
     }
 }
@@ -95,13 +197,7 @@ impl DatabaseConfig {
         let url = vars
             .get(VAR)
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/keel".into());
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(error(VAR, "must be a postgres:// or postgresql:// URL"));
-        }
-        // The URL may carry a password: report the parser's complaint, never the value.
-        let connect = PgConnectOptions::from_str(&url)
-            .map_err(|e| error(VAR, format!("is not a valid Postgres URL: {e}")))?
-            .application_name("keel");
+        let connect = postgres_url(VAR, &url)?;
         let max_connections = vars.range("KEEL_DB_MAX_CONNECTIONS", 20, 1, 1000)?;
         let min_connections = vars.range("KEEL_DB_MIN_CONNECTIONS", 0, 0, 1000)?;
         if min_connections > max_connections {
@@ -122,6 +218,7 @@ impl DatabaseConfig {
             )?,
             test_before_acquire: vars.parse("KEEL_DB_TEST_BEFORE_ACQUIRE", false)?,
             breaker: BreakerSettings::read(vars, &BREAKER_VARS, BREAKER_DEFAULTS)?,
+            read: ReadReplicaConfig::read(vars, max_connections)?,
         })
     }
 
@@ -150,6 +247,54 @@ mod tests {
         assert_eq!(db.acquire_timeout, Duration::from_secs(2));
         assert!(!db.test_before_acquire);
         assert_eq!(db.breaker, BREAKER_DEFAULTS);
+        assert!(
+            db.read.is_none(),
+            "no replica unless DATABASE_READ_URL is set"
+        );
+    }
+
+    #[test]
+    fn a_read_replica_takes_its_url_and_the_primarys_pool_size_by_default() {
+        let db = with_vars(
+            &[
+                ("KEEL_DB_MAX_CONNECTIONS", "12"),
+                ("DATABASE_READ_URL", "postgres://u:pw@replica:5433/keel"),
+            ],
+            DatabaseConfig::read,
+        )
+        .unwrap();
+        let read = db.read.clone().expect("a replica");
+        assert_eq!(read.connect.get_host(), "replica");
+        assert_eq!(read.connect.get_port(), 5433);
+        assert_eq!(read.max_connections, 12);
+        assert_eq!(read.max_lag, Duration::from_secs(5));
+        assert_eq!(read.poll, Duration::from_millis(250));
+        assert_eq!(read.read_your_writes, Duration::from_secs(30));
+        assert!(!format!("{db:?}").contains("pw@"));
+        let empty = with_vars(&[("DATABASE_READ_URL", "")], DatabaseConfig::read).unwrap();
+        assert!(empty.read.is_none(), "empty counts as unset");
+    }
+
+    #[test]
+    fn a_read_your_writes_window_shorter_than_the_lag_bound_is_refused() {
+        let replica = ("DATABASE_READ_URL", "postgres://replica/keel");
+        assert_eq!(
+            var_of(&[replica, ("KEEL_DB_READ_YOUR_WRITES_WINDOW", "5s")]),
+            "KEEL_DB_READ_YOUR_WRITES_WINDOW",
+            "5s is not longer than the default 5s lag bound plus a poll"
+        );
+        assert_eq!(
+            var_of(&[("DATABASE_READ_URL", "mysql://x")]),
+            "DATABASE_READ_URL"
+        );
+        assert_eq!(
+            var_of(&[replica, ("KEEL_DB_READ_MAX_LAG", "0s")]),
+            "KEEL_DB_READ_MAX_LAG"
+        );
+        assert_eq!(
+            var_of(&[replica, ("KEEL_DB_READ_MAX_CONNECTIONS", "0")]),
+            "KEEL_DB_READ_MAX_CONNECTIONS"
+        );
     }
 
     #[test]

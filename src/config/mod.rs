@@ -65,7 +65,7 @@ mod telemetry;
 mod vars;
 
 pub use auth::{AuthConfig, DEV_ADMIN_TOKEN, DEV_JWT_SECRET, JwtConfig};
-pub use database::DatabaseConfig;
+pub use database::{DatabaseConfig, ReadReplicaConfig};
 pub use flags::FlagsConfig;
 pub use guardrails::{
     Criticality, CriticalityOverride, GuardrailsConfig, LimitSettings, RouteClass, SheddingConfig,

@@ -100,6 +100,11 @@ impl Db {
         super::ping(&self.pool).await
     }
 
+    /// Whether the breaker is refusing checkouts now.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.state() == BreakerState::Open
+    }
+
     /// The pool itself, for what is not a statement: LISTEN, COPY, migrations, gauges.
     pub fn pool(&self) -> &PgPool {
         &self.pool

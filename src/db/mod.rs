@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod members;
 pub mod outbox;
 pub mod projects;
+pub mod replica;
 pub mod schema;
 pub mod stats;
 pub mod tasks;

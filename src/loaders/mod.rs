@@ -15,26 +15,41 @@
 //!   workshop sees it in Postgres whatever the cache does).
 
 pub mod access;
+pub mod reads;
 pub mod tasks;
 
+pub use reads::Reads;
 pub use tasks::TaskDetails;
 
 use crate::cache::Cache;
 use crate::db::Db;
 use crate::flags::{Flag, Flags};
 
-/// What the loaders read through: the database, the cache, and the fix flags that pick a
-/// strategy. Cloning is three `Arc` increments.
+/// What the loaders read through: the database, the cache, the fix flags that pick a
+/// strategy, and the route of list reads (the primary, or the read replica: [`reads`]).
+/// Cloning is a few `Arc` increments.
 #[derive(Clone)]
 pub struct Loaders {
     db: Db,
     cache: Cache,
     flags: Flags,
+    reads: Reads,
 }
 
 impl Loaders {
-    pub fn new(db: Db, cache: Cache, flags: Flags) -> Self {
-        Self { db, cache, flags }
+    /// `reads` routes the list reads (`Reads::new(db, cache)` for "always the primary").
+    pub fn new(db: Db, cache: Cache, flags: Flags, reads: Reads) -> Self {
+        Self {
+            db,
+            cache,
+            flags,
+            reads,
+        }
+    }
+
+    /// Where list reads go.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// The cache, when the `cache` fix is on.

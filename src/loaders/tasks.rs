@@ -122,11 +122,13 @@ impl Loaders {
         }
     }
 
-    /// A page of a project's tasks, newest first. The first page (no cursor) comes from
-    /// the cache, under the project's generation; deeper pages are range scans that the
-    /// index serves well, and too many to be worth caching.
+    /// A page of a project's tasks, newest first, for `reader`. The first page (no cursor)
+    /// comes from the cache, under the project's generation, filled from the primary;
+    /// deeper pages are range scans that the index serves well, too many to be worth
+    /// caching, and list reads for the read replica (`reads`).
     pub async fn project_tasks(
         &self,
+        reader: Uuid,
         project_id: Uuid,
         filter: TaskFilter,
         after: Keyset,
@@ -135,7 +137,14 @@ impl Loaders {
         let load = || db::tasks::list_for_project(&self.db, project_id, filter, after, limit);
         let cache = match self.cache() {
             Some(cache) if after == Keyset::NEWEST => cache,
-            _ => return load().await,
+            _ => {
+                return self
+                    .reads
+                    .list(reader, move |db| async move {
+                        db::tasks::list_for_project(&db, project_id, filter, after, limit).await
+                    })
+                    .await;
+            }
         };
         let variant = format!(
             "{}:{}:{limit}",

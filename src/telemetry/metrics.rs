@@ -66,6 +66,10 @@ pub mod names {
     pub const RATE_LIMIT_FALLBACK: &str = "keel_rate_limit_fallback_total";
     pub const RATE_LIMIT_FALLBACK_KEYS: &str = "keel_rate_limit_fallback_keys";
     pub const FAULT_INJECTIONS: &str = "keel_fault_injections_total";
+    pub const DB_READ_ROUTE: &str = "keel_db_read_route_total";
+    pub const DB_REPLICA_UP: &str = "keel_db_replica_up";
+    pub const DB_REPLICA_LAG: &str = "keel_db_replica_lag_seconds";
+    pub const DB_REPLICA_LAG_BYTES: &str = "keel_db_replica_lag_bytes";
 }
 
 /// From half a millisecond (a cached read) to ten seconds (a request stuck on a dead
@@ -146,6 +150,24 @@ fn describe() {
         "Whether each workshop fix is on (1) or off (0) on this instance"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_counter!(
+        DB_READ_ROUTE,
+        "List reads by where they went (target: replica, primary) and why (reason: replica; read_your_writes, replica_down, replica_lagging, marker_unknown, replica_error: the replica failed and the primary answered)"
+    );
+    describe_gauge!(
+        DB_REPLICA_UP,
+        "Whether the read replica answered its last poll (absent without DATABASE_READ_URL)"
+    );
+    describe_gauge!(
+        DB_REPLICA_LAG,
+        Unit::Seconds,
+        "How far the read replica's replay is behind the primary, in time, at its last poll"
+    );
+    describe_gauge!(
+        DB_REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "How far the read replica's replay is behind the primary's WAL, in bytes, at its last poll"
+    );
     describe_gauge!(
         OUTBOX_BACKLOG,
         "Outbox rows committed and not yet published to RabbitMQ"

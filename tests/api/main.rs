@@ -28,6 +28,7 @@ mod observability;
 mod pgwire;
 mod projects;
 mod rate_limit;
+mod replica;
 mod rust_source;
 mod seed;
 mod shutdown;
