@@ -66,8 +66,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 keel \
-    && useradd --system --uid 10001 --gid keel --no-create-home --shell /usr/sbin/nologin keel
+    && useradd --system --uid 10001 --gid keel --no-create-home --shell /usr/sbin/nologin keel \
+    && install -d -o keel -g keel -m 0750 /var/lib/keel
 COPY --from=build /usr/local/bin/keel /usr/local/bin/keel
+# The one directory the process may write: relative paths land here (KEEL_MAILBOX_DIR's default,
+# `mailbox`, when SMTP_URL is unset), and a volume mounted here starts owned by 10001 (compose's
+# `keel seed` report).
+WORKDIR /var/lib/keel
 
 # In a container the admin listener (/healthz, /readyz, /metrics, /admin/flags) must be reachable
 # from outside the container (probes, Prometheus); the binary's default is 127.0.0.1:9000.
