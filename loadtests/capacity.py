@@ -144,6 +144,20 @@ def counts_delta(before: dict[str, float], after: dict[str, float]) -> dict[str,
             if after.get(k, 0.0) - before.get(k, 0.0) > 0}
 
 
+CACHE_COUNTERS = ("keel_cache_requests_total", "keel_cache_fills_total", "keel_cache_invalidations_total")
+
+
+def counter_sums(metrics_text: str, names: tuple[str, ...] = CACHE_COUNTERS) -> dict[str, float]:
+    """Each counter's sum over all its labels (Keel's own count of its cache calls: lookups,
+    fills, invalidations — a shared Redis's INFO counts every client's commands)."""
+    out = {n: 0.0 for n in names}
+    for line in metrics_text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def redis_total_commands(info_text: str) -> int:
     for line in info_text.splitlines():
         if line.startswith("total_commands_processed:"):
@@ -159,10 +173,11 @@ class Probe:
     """Takes snapshots: CPU ticks per process of interest, the machine's busy ticks, the load
     average, Redis's command count and Keel's per-class request counts."""
 
-    def __init__(self, keel_pids: dict[str, int], database: str, api_admin: str):
+    def __init__(self, keel_pids: dict[str, int], database: str, api_admin: str, worker_admin: str = ""):
         self.keel_pids = keel_pids
         self.database = database
         self.admin = api_admin
+        self.worker_admin = worker_admin
 
     def processes(self) -> dict[int, tuple[str, int]]:
         out = {}
@@ -205,9 +220,18 @@ class Probe:
             snap["redis_commands"] = None
         try:
             with urllib.request.urlopen(self.admin + "/metrics", timeout=5) as r:
-                snap["classes"] = class_counts(r.read().decode())
+                text = r.read().decode()
+            snap["classes"] = class_counts(text)
+            snap["cache"] = counter_sums(text)
         except OSError:
-            snap["classes"] = {}
+            snap["classes"], snap["cache"] = {}, {}
+        if self.worker_admin:
+            try:
+                with urllib.request.urlopen(self.worker_admin + "/metrics", timeout=5) as r:
+                    for k, v in counter_sums(r.read().decode()).items():
+                        snap["cache"][k] = snap["cache"].get(k, 0.0) + v
+            except OSError:
+                pass
         return snap
 
 
@@ -222,6 +246,7 @@ def between(a: dict, b: dict) -> dict:
         "machine_busy_cores": round(busy / seconds_, 3) if seconds_ > 0 else 0.0,
         "loadavg_1m": [a["loadavg"], b["loadavg"]],
         "requests": counts_delta(a["classes"], b["classes"]),
+        "cache_calls": counts_delta(a.get("cache", {}), b.get("cache", {})),
     }
     if a.get("redis_commands") is not None and b.get("redis_commands") is not None:
         out["redis_commands"] = b["redis_commands"] - a["redis_commands"]
@@ -315,7 +340,7 @@ def sign_ins(api: str, seed_report: Path, rate: float, total_s: float, window: t
 def redis_memory(prefix: str, per_kind: int = 200, max_keys: int = 50_000) -> dict:
     """MEMORY USAGE of the keys under `prefix`, by kind (the key's next segment): how many keys,
     and the mean bytes of up to `per_kind` of each."""
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{prefix}*", "--count", "1000"],
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{prefix}*"],
                           capture_output=True, text=True, timeout=60).stdout.split()[:max_keys]
     kinds: dict[str, list[str]] = {}
     for key in keys:
@@ -381,6 +406,9 @@ def measure(session, stack, probe: Probe, name: str, scenario: str, rate: int, a
     if "redis_commands" in w and requests:
         extra = w["redis_commands"] - idle["redis_commands_per_s"] * w["seconds"]
         result["redis_commands_per_request"] = round(max(0.0, extra) / requests, 3)
+    if requests:
+        result["cache_calls_per_request"] = {k.removeprefix("keel_cache_").removesuffix("_total"): round(v / requests, 3)
+                                             for k, v in w["cache_calls"].items()}
     t_a, t_b = wall0 + warmup + 1.0, wall0 + warmup + duration - 1.0
     rows = psql_rows(stack.env["DATABASE_URL"], "select kind, count(*) from outbox where created_at >= "
                      f"to_timestamp({t_a}) and created_at < to_timestamp({t_b}) group by kind order by kind")
@@ -421,12 +449,14 @@ def markdown(report: dict) -> str:
             f"{cell(pr['keel-worker'])} | {cell(pr['postgres-mine'])} | {cell(pr['postgres'])} | "
             f"{cell(pr['redis'])} | {cell(pr['rabbitmq'])} | {lat['p50_ms']} ms | {lat['p99_ms']} ms | "
             f"{w['loadavg_1m'][0]}→{w['loadavg_1m'][1]} | {'yes' if r['contended'] else 'no'} |")
-    lines += ["", "| class | requests by class in the window (Keel's /metrics) | Redis commands / request | "
-              "outbox rows (messages) / write |", "|---|---|---:|---:|"]
+    lines += ["", "| class | requests by class in the window (Keel's /metrics) | machine busy cores in the window | "
+              "Keel's cache calls / request | Redis commands / request (server-wide, shared) | "
+              "outbox rows (messages) / write |", "|---|---|---:|---|---:|---:|"]
     for r in report["runs"]:
         mix = ", ".join(f"{k} {v:.0f}" for k, v in r["window"]["requests"].items())
-        lines.append(f"| {r['name']} | {mix} | {r.get('redis_commands_per_request', '–')} | "
-                     f"{r.get('messages_per_write', '–')} |")
+        calls = ", ".join(f"{k} {v}" for k, v in r.get("cache_calls_per_request", {}).items()) or "–"
+        lines.append(f"| {r['name']} | {mix} | {r['window']['machine_busy_cores']} | {calls} | "
+                     f"{r.get('redis_commands_per_request', '–')} | {r.get('messages_per_write', '–')} |")
     if report.get("redis_memory"):
         lines += ["", "| Redis key kind | keys after the runs | mean MEMORY USAGE |", "|---|---:|---:|"]
         for kind, v in report["redis_memory"].items():
@@ -470,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = session.stack
         probe = Probe({"keel-serve": session.serve_pid, "keel-worker": session.worker_pid},
-                      stack.database, stack.admin)
+                      stack.database, stack.admin, session.worker_admin)
         runs = []
         for name, scenario, _, why in RUNS:
             if args.only and name not in args.only:
@@ -515,6 +545,7 @@ class CapacitySession(ws.Session):
                                   role="serve", tag=f"keel_capacity_{os.getpid()}")
         self.serve_pid = self.stack.processes[-1].pid
         worker_admin = f"127.0.0.1:{ws.free_port()}"
+        self.worker_admin = f"http://{worker_admin}"
         # The same stack with the worker's own admin listener; its process joins the stack's list.
         worker_view = replace(self.stack, env={**self.stack.env, "KEEL_ADMIN_ADDR": worker_admin},
                               processes=self.stack.processes)

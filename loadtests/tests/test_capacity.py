@@ -95,6 +95,17 @@ class Arithmetic(unittest.TestCase):
         self.assertEqual(capacity.counts_delta({"read": 2.0, "list": 5.0}, counts),
                          {"read": 10.0, "unlabelled": 1.0, "write": 3.0})
 
+    def test_cache_counter_sums(self):
+        text = "\n".join([
+            "# HELP keel_cache_requests_total Lookups",
+            'keel_cache_requests_total{cache="task",outcome="hit"} 7',
+            'keel_cache_requests_total{cache="task",outcome="miss"} 3',
+            'keel_cache_fills_total{cache="task",result="stored"} 3',
+            'keel_cache_requests_totally_else 99',
+        ])
+        self.assertEqual(capacity.counter_sums(text), {"keel_cache_requests_total": 10.0, "keel_cache_fills_total": 3.0,
+                                                       "keel_cache_invalidations_total": 0.0})
+
     def test_redis_command_count(self):
         self.assertEqual(capacity.redis_total_commands("# Stats\r\ntotal_commands_processed:1234\r\n"), 1234)
 
