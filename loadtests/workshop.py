@@ -497,9 +497,11 @@ def build() -> tuple[Path, Path, Path]:
     )
 
 
-def own_stack(args, workdir: Path, keel: Path, sink: Path, guardian: Guardian) -> Stack:
-    """A scratch database, seeded; the SMTP sink; `keel all` on ports of its own."""
-    tag = f"keel_workshop_{os.getpid()}"
+def own_stack(args, workdir: Path, keel: Path, sink: Path, guardian: Guardian,
+              role: str = "all", tag: str = "") -> Stack:
+    """A scratch database, seeded; the SMTP sink; `keel all` (or `role`: `serve`) on ports of
+    its own; `tag` names the database, the Redis prefix and the RabbitMQ names."""
+    tag = tag or f"keel_workshop_{os.getpid()}"
     pg_server = args.pg_server.rstrip("/")
     http_port, admin_port, smtp_port = free_port(), free_port(), free_port()
     stack = Stack(
@@ -542,7 +544,7 @@ def own_stack(args, workdir: Path, keel: Path, sink: Path, guardian: Guardian) -
             "smtp_sink", [str(sink), f"127.0.0.1:{smtp_port}", args.smtp_delay, str(workdir / "accepted.tsv"), "6h"], None
         )
         time.sleep(0.3)
-        stack.start_process("keel", [str(keel), "all"], f"{stack.admin}/readyz")
+        stack.start_process("keel", [str(keel), role], f"{stack.admin}/readyz")
     except BaseException:
         # A stack that did not come up is taken down at once (its database too), not left
         # for the guardian, which only acts when the runner dies.
