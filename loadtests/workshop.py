@@ -584,6 +584,9 @@ class Shape:
     ramp: float = 0.0
     pace_ms: int = 0
     users: int = 0
+    # Goose's back-fill (see the module docs); `disabled` for a closed loop (users with no
+    # pause), where a request's wait is the load itself, not an omission.
+    co_mitigation: str = "minimum"
 
     def __post_init__(self) -> None:
         if not self.pace_ms:
@@ -632,7 +635,7 @@ def run_goose(goose: Path, stack: Stack, shape: Shape, workdir: Path, label: str
     users = shape.goose_users()
     argv = [
         str(goose), "--host", stack.api,
-        "--co-mitigation", "minimum",
+        "--co-mitigation", shape.co_mitigation,
         "--request-log", str(log), "--request-format", "json",
         "--no-telnet", "--no-print-metrics", "--quiet",
         "--timeout", "30",
