@@ -32,6 +32,13 @@ class NginxConf(unittest.TestCase):
         self.assertEqual(line, "proxy_next_upstream error timeout;")
         self.assertNotIn("non_idempotent", conf.replace("`non_idempotent`", ""))
 
+    def test_client_keepalive_is_off_only_when_asked(self):
+        on = scaleout.render_nginx_conf(Path("/x"), 8080, [(1001, True)])
+        off = scaleout.render_nginx_conf(Path("/x"), 8080, [(1001, True)], client_keepalive=False)
+        self.assertIn("keepalive_timeout 65s;", on)
+        self.assertIn("keepalive_timeout 0;", off)
+        self.assertIn("keepalive 64;", off)  # to the upstreams, always
+
     def test_no_upstream_up_is_refused(self):
         with self.assertRaises(ValueError):
             scaleout.render_nginx_conf(Path("/x"), 8080, [(1001, False)])
