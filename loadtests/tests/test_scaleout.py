@@ -147,6 +147,7 @@ class Parsing(unittest.TestCase):
         self.assertEqual(c["machine"], 1.5)
         self.assertEqual(c["keel"], 1.0)  # pid 3 was not there at the start: left out
         self.assertEqual(c["nginx"], 0.0)
+        self.assertEqual(c["other"], 0.5)  # the machine's busy time no group accounts for
 
 
 def report(**over):
