@@ -537,9 +537,17 @@ class Guardian(ws.Guardian):
     def hba(self, path: Path, pg_url: str, marker_pid: int) -> None:
         self._tell(f"hba {marker_pid} {pg_url} {path}")
 
+    def scratch(self, directory: Path) -> None:
+        self._tell(f"scratch {directory}")
+
+    def amqp(self, keel: Path, prefix: str, database_url: str) -> None:
+        """The run's RabbitMQ queues and exchange (`keel jobs delete-topology`)."""
+        self._tell(f"amqp {keel} {prefix} {database_url}")
+
 
 def guard_extra(lines: list[str]) -> None:
-    """The runner died: stop the replica and delete its directory, then take the hba line out."""
+    """The runner died: stop the replica and delete its directory (and the scratch directory),
+    delete the RabbitMQ names, then take the hba line out."""
     replicas = [line.split(" ", 2)[1:] for line in lines if line.startswith("replica ")]
     for pid, _ in replicas:  # every process first: the directory goes once nothing runs in it
         stop_postgres(int(pid))
@@ -547,6 +555,18 @@ def guard_extra(lines: list[str]) -> None:
         if Path(directory).exists():
             shutil.rmtree(directory, ignore_errors=True)
             note(f"guardian: stopped the replica and removed {directory}")
+    for line in lines:
+        kind, rest = line.split(" ", 1)
+        if kind == "scratch":
+            shutil.rmtree(rest, ignore_errors=True)
+        elif kind == "amqp":
+            keel, prefix, database_url = rest.split(" ", 2)
+            env = {**os.environ, "KEEL_ENV": "dev", "KEEL_AMQP_PREFIX": prefix, "DATABASE_URL": database_url}
+            try:
+                subprocess.run([keel, "jobs", "delete-topology"], env=env, timeout=60, check=True,
+                               stdout=subprocess.DEVNULL)
+            except (OSError, subprocess.SubprocessError) as e:
+                note(f"guardian: could not delete the RabbitMQ names under {prefix}: {e}")
     for line in lines:
         kind, rest = line.split(" ", 1)
         if kind == "hba":
@@ -948,6 +968,7 @@ class Run:
         self.guardian = Guardian(self.out / "switches.json")  # no switches: its record never exists
         self.scratch = Path(tempfile.mkdtemp(prefix="keel-scaleout-"))
         os.chmod(self.scratch, 0o711)  # postgres (the replica) and www-data (nginx) pass through
+        self.guardian.scratch(self.scratch)
         slots_before = int(sql(pg_admin, "select count(*) from pg_replication_slots"))
 
         # 1. The replica.
@@ -988,6 +1009,7 @@ class Run:
             },
         )
         self.guardian.drop(pg, tag, f"{tag}:")
+        self.guardian.amqp(keel, f"{tag}.", f"{pg}/postgres")
         ws.psql(pg_admin, f'create database "{tag}"')
         self.stack.keel_cmd("migrate")
         note(f"seeding {args.tasks} tasks into {tag}")
