@@ -832,13 +832,14 @@ def wait_for_emails(stack: ws.Stack, sink_log: Path, timeout: float) -> tuple[li
 
 
 class GoosePids:
-    """The Goose process of the run in progress, found by its executable (run_goose keeps its own)."""
+    """The Goose process of the run in progress: run_goose keeps its own handle, so it is found
+    by its executable among this runner's children (another person's Goose may be running)."""
 
     def __init__(self, goose: Path):
         self.name = goose.name
 
     def __call__(self) -> list[int]:
-        return _pids_by_exe((self.name,))
+        return [p for p in _pids_by_exe((self.name,)) if _ppid(p) == os.getpid()]
 
 
 def measured_cpu(dep: Deployment, goose: Path, start_at: float, end_at: float, out: dict) -> threading.Thread:
