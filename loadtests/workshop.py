@@ -250,9 +250,11 @@ class Guardian:
     stops the processes the runner started if they are still there. A signal handler or
     `finally` covers everything but SIGKILL; this covers that too."""
 
-    def __init__(self, record: Path, token: str):
+    def __init__(self, record: Path, token: str, script: str = __file__):
+        # `script --guard RECORD` is the guardian's body: this module's, or a runner's that
+        # handles more kinds of lines (see `guard`'s `extra`).
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--guard", str(record)],
+            [sys.executable, script, "--guard", str(record)],
             stdin=subprocess.PIPE,
             env={**os.environ, "KEEL_ADMIN_TOKEN": token},
             start_new_session=True,
@@ -281,12 +283,14 @@ class Guardian:
         self.proc.wait(timeout=30)
 
 
-def guard(record: Path) -> None:
+def guard(record: Path, extra=None) -> None:
     """The guardian's body (`workshop.py --guard RECORD`): lines on stdin are process ids to
-    stop, `db PG_SERVER NAME` a scratch database to drop, `redis PREFIX` keys to delete, `done` a clean end."""
+    stop, `db PG_SERVER NAME` a scratch database to drop, `redis PREFIX` keys to delete, `done` a clean end.
+    Any other line goes to `extra(lines)`, called last, when the runner died (`scaleout.py`'s
+    replica and pg_hba.conf line)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    pids, databases, prefixes, done = [], [], [], False
+    pids, databases, prefixes, other, done = [], [], [], [], False
     for line in sys.stdin:
         line = line.strip()
         if line == "done":
@@ -297,6 +301,8 @@ def guard(record: Path) -> None:
             databases.append(line.split(" ", 2)[1:])
         elif line.startswith("redis "):
             prefixes.append(line.split(" ", 1)[1])
+        elif line:
+            other.append(line)
     if done:
         return
     note("the runner ended without cleaning up; restoring its switches")
@@ -320,6 +326,8 @@ def guard(record: Path) -> None:
             redis_delete_prefix(prefix)
         except OSError as e:
             note(f"could not delete the Redis keys under {prefix}: {e}")
+    if extra is not None:
+        extra(other)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,12 +436,13 @@ class Stack:
             timeout=timeout,
         )
 
-    def start_process(self, name: str, argv: list[str], ready_url: str | None) -> subprocess.Popen:
+    def start_process(self, name: str, argv: list[str], ready_url: str | None,
+                      extra_env: dict | None = None) -> subprocess.Popen:
         assert self.workdir is not None
         with open(self.workdir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 argv,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(extra_env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -577,6 +586,9 @@ class Shape:
     ramp: float = 0.0
     pace_ms: int = 0
     users: int = 0
+    # Goose's back-fill (see the module docs); `disabled` for a closed loop (users with no
+    # pause), where a request's wait is the load itself, not an omission.
+    co_mitigation: str = "minimum"
 
     def __post_init__(self) -> None:
         if not self.pace_ms:
@@ -625,7 +637,7 @@ def run_goose(goose: Path, stack: Stack, shape: Shape, workdir: Path, label: str
     users = shape.goose_users()
     argv = [
         str(goose), "--host", stack.api,
-        "--co-mitigation", "minimum",
+        "--co-mitigation", shape.co_mitigation,
         "--request-log", str(log), "--request-format", "json",
         "--no-telnet", "--no-print-metrics", "--quiet",
         "--timeout", "30",
