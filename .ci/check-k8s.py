@@ -38,6 +38,12 @@ PREFIXES = ("KEEL_", "OTEL_")
 # Keel's defaults for the shutdown variables (src/config/http.rs).
 DEFAULTS = {"KEEL_SHUTDOWN_DELAY": "0s", "KEEL_SHUTDOWN_TIMEOUT": "20s", "KEEL_ADMIN_ADDR": "127.0.0.1:9000"}
 KEDA_GROUP = "keda.sh"
+# The Postgres connections the manifests may use at most: PostgreSQL's default max_connections
+# (100) less superuser_reserved_connections (3). docs/scaling.md, "The Postgres connection budget":
+# with the default pool of 20, four processes fill it. An operator with a bigger server (or
+# PgBouncer in front) raises this with the manifests' pool sizes.
+POSTGRES_CONNECTIONS = 97
+DEFAULT_POOL = 20  # KEEL_DB_MAX_CONNECTIONS' default (src/config/database.rs)
 
 errors = []
 
@@ -297,6 +303,46 @@ def cmd_policy(rendered):
     for obj in deployments:
         check_deployment(objs, obj)
     check_references(objs)
+    check_connection_budget(objs)
+
+
+def most_pods(objs, obj):
+    """The most pods a workload can run at once: its autoscaler's maximum (HPA or KEDA) or its
+    replicas, plus the rolling update's surge."""
+    name, kind = obj["metadata"]["name"], obj["kind"]
+    if kind == "Job":
+        return 1
+    most = obj["spec"].get("replicas", 1)
+    for scaler in objs:
+        target = (scaler.get("spec") or {}).get("scaleTargetRef") or {}
+        if target.get("name") != name or target.get("kind", "Deployment") != kind:
+            continue
+        if scaler["kind"] == "HorizontalPodAutoscaler":
+            most = scaler["spec"]["maxReplicas"]
+        elif scaler["kind"] == "ScaledObject":
+            most = scaler["spec"].get("maxReplicaCount", 100)  # KEDA's default
+    surge = ((obj["spec"].get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%")
+    if isinstance(surge, str) and surge.endswith("%"):
+        surge = -(-most * int(surge[:-1]) // 100)  # rounded up, as Kubernetes does
+    return most + int(surge)
+
+
+def check_connection_budget(objs):
+    """Every process opens a pool of KEEL_DB_MAX_CONNECTIONS to the primary: at the autoscalers'
+    maxima, mid-rollout, with the migrate Job running, they must fit POSTGRES_CONNECTIONS."""
+    total, parts = 0, []
+    for obj in workloads(objs):
+        env = container_env(objs, the_container(obj))
+        pool = int(env.get("KEEL_DB_MAX_CONNECTIONS", DEFAULT_POOL))
+        pods = most_pods(objs, obj)
+        total += pods * pool
+        parts.append(f"{name_of(obj)} {pods} x {pool}")
+    verdict = "ok" if total <= POSTGRES_CONNECTIONS else "OVER"
+    print(f"  Postgres connections at most: {' + '.join(parts)} = {total} "
+          f"<= {POSTGRES_CONNECTIONS}: {verdict}")
+    if total > POSTGRES_CONNECTIONS:
+        fail(f"the pools can open {total} Postgres connections, over the {POSTGRES_CONNECTIONS} "
+             f"of a default server (docs/scaling.md): lower KEEL_DB_MAX_CONNECTIONS or the maxima")
 
 
 # ---- env-names --------------------------------------------------------------------------------
