@@ -316,7 +316,12 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 def parse_variant(text: str) -> dict:
     """A `--variant`: `[N:]KEY=VALUE[,KEY=VALUE...]`, N the serve instances up (1 or 3; default
-    3), the assignments the environment those instances run with."""
+    3), the assignments the environment those instances run with; or a bare `1` or `3`, the
+    baseline again (the database grows as the runs write, so a baseline repeated after the
+    variants shows how much the order alone moved the figures)."""
+    if text.strip() in ("1", "3"):
+        n = int(text)
+        return {"instances": n, "env": {}, "label": f"{n} instance{'s' if n > 1 else ''}"}
     instances = 3
     head, sep, rest = text.partition(":")
     if sep and head.strip().isdigit():
@@ -328,6 +333,17 @@ def parse_variant(text: str) -> dict:
         raise ValueError(f"{text!r}: a variant sets at least one variable")
     label = f"{instances} instance{'s' if instances > 1 else ''}, " + " ".join(f"{k}={v}" for k, v in env.items())
     return {"instances": instances, "env": env, "label": label}
+
+
+def numbered(labels: list[str]) -> list[str]:
+    """Labels made unique in order: a repeated one gets ` (2nd)`, ` (3rd)`, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        k = seen[label]
+        out.append(label if k == 1 else f"{label} ({k}{ {2: 'nd', 3: 'rd'}.get(k, 'th') })")
+    return out
 
 
 def file_label(label: str) -> str:
@@ -1000,12 +1016,15 @@ def parse_args(argv: list[str]):
                    help="also run peak-hour at a fixed RATE req/s against 1 instance and 3 (and each "
                         "--variant) and report CPU-ms per request per group of processes (default off)")
     p.add_argument("--cost-duration", default="20s", help="each fixed-rate run, measured (default 20s)")
+    p.add_argument("--three-first", action="store_true",
+                   help="run the 3-instance baseline before the 1-instance one (order check)")
     p.add_argument("--instance-env", action="append", default=[], metavar="KEY=VALUE",
                    help="a variable for every serve instance whenever the three are up (the rolling "
                         "restart and the 3-instance runs); repeatable")
     p.add_argument("--variant", action="append", default=[], metavar="[N:]KEY=VALUE[,KEY=VALUE]",
-                   help="one more configuration to compare: N (1 or 3, default 3) serve instances up, "
-                        "restarted with these variables (3: on top of --instance-env); repeatable")
+                   help="one more configuration to compare, after the baselines: N (1 or 3, default 3) "
+                        "serve instances up, restarted with these variables (3: on top of --instance-env); "
+                        "a bare 1 or 3 repeats that baseline; repeatable")
     p.add_argument("--pg-server", default=os.environ.get("PG_SERVER", "postgres://postgres@127.0.0.1:5432"))
     args = p.parse_args(argv)
     try:
@@ -1202,8 +1221,12 @@ class Run:
                    {"label": "3 instances" + (", " + " ".join(f"{k}={v}" for k, v in args.instance_env.items())
                                               if args.instance_env else ""),
                     "instances": 3, "env": dict(args.instance_env)}]
+        if args.three_first:
+            configs.reverse()
         configs += [{**v, "env": v["env"] if v["instances"] == 1 else {**args.instance_env, **v["env"]}}
                     for v in args.variant]
+        for config, label in zip(configs, numbered([c["label"] for c in configs])):
+            config["label"] = label
         if not args.skip_compare or args.cost_at:
             # Capacity is what the service serves, so the guardrails that refuse work are off
             # for these runs (as in guardrails-bench.sh's capacity run): with them on, a closed

@@ -189,6 +189,12 @@ class Options(unittest.TestCase):
             with self.assertRaises(ValueError, msg=bad):
                 scaleout.parse_variant(bad)
 
+    def test_a_bare_count_repeats_the_baseline_and_repeats_are_numbered(self):
+        self.assertEqual(scaleout.parse_variant("1"), {"instances": 1, "env": {}, "label": "1 instance"})
+        self.assertEqual(scaleout.parse_variant("3")["label"], "3 instances")
+        self.assertEqual(scaleout.numbered(["1 instance", "3 instances", "1 instance", "1 instance"]),
+                         ["1 instance", "3 instances", "1 instance (2nd)", "1 instance (3rd)"])
+
     def test_a_label_makes_a_file_name(self):
         self.assertEqual(scaleout.file_label("3 instances, A=1 B=2"), "3-instances-A=1-B=2")
         self.assertEqual(scaleout.file_label("1 instance at 300 req-s"), "1-instance-at-300-req-s")
