@@ -1408,7 +1408,7 @@ def render_throughput(rows: list, cpus) -> list[str]:
     width = max(24, *(len(f"{t['label']}, {t['users']} users") for t in rows))
     lines = ["1 vs 3 instances: peak-hour as a closed loop through nginx, load_shedding and rate_limit off",
              f"{'closed loop, peak-hour':{width}} {'req/s':>8} {'2xx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'failed':>7} {'sign-in 2xx/s':>13}  CPU cores busy: machine = keel serve + postgres + goose + nginx + workers + other"]
+             f"{'failed':>7} {'sign-in 2xx/s':>13}  CPU cores busy: machine = keel serve + postgres + goose + nginx + workers + redis/rabbitmq + other"]
     for t in rows:
         c = t["cpu_cores"]
         lines.append(
@@ -1416,7 +1416,8 @@ def render_throughput(rows: list, cpus) -> list[str]:
             f"{t['ok_per_second']:>8} {t['p50_ms']:>8} {t['p99_ms']:>8} {t['failures']['failed']:>7} "
             f"{t.get('sign_in_ok_per_second', 0):>13}  "
             f"{c.get('machine', 0)} = {c.get('keel serve', 0)} + {c.get('postgres (all)', 0)} + "
-            f"{c.get('goose', 0)} + {c.get('nginx', 0)} + {c.get('keel worker', 0)} + {c.get('other', 0)}")
+            f"{c.get('goose', 0)} + {c.get('nginx', 0)} + {c.get('keel worker', 0)} + "
+            f"{c.get('redis + rabbitmq', 0)} + {c.get('other', 0)}")
     base = rows[0]
     for t in rows[1:]:
         if base["requests_per_second"]:
