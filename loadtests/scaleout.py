@@ -17,6 +17,10 @@ checks that Keel behaves as a horizontally scaled service:
 * **The peak-hour load** (Goose, `workshop.run_goose`) through nginx, with a rolling restart in
   the middle: each serve instance, then each worker, is stopped with SIGTERM and started again.
   Then the same closed-loop load against nginx with one serve instance, and with three.
+* **CPU per request at a fixed rate** (`--cost-at RATE`): the same mix as an open loop at RATE
+  req/s against one instance and three, with the CPU-ms per request of each group of processes
+  (`cpu_ms_per_request`); `--variant` adds configurations (serve instances restarted with other
+  variables), a bare `--variant 1`/`3` repeats a baseline (the figures drift as the runs write).
 
 It proves, and exits non-zero unless: no request failed in the rolling-restart run; every
 assignment email the database says was due reached the SMTP sink exactly once; the replica
