@@ -17,6 +17,10 @@ checks that Keel behaves as a horizontally scaled service:
 * **The peak-hour load** (Goose, `workshop.run_goose`) through nginx, with a rolling restart in
   the middle: each serve instance, then each worker, is stopped with SIGTERM and started again.
   Then the same closed-loop load against nginx with one serve instance, and with three.
+* **CPU per request at a fixed rate** (`--cost-at RATE`): the same mix as an open loop at RATE
+  req/s against one instance and three, with the CPU-ms per request of each group of processes
+  (`cpu_ms_per_request`); `--variant` adds configurations (serve instances restarted with other
+  variables), a bare `--variant 1`/`3` repeats a baseline (the figures drift as the runs write).
 
 It proves, and exits non-zero unless: no request failed in the rolling-restart run; every
 assignment email the database says was due reached the SMTP sink exactly once; the replica
@@ -267,9 +271,96 @@ def cpu_cores(before: dict, after: dict, clk_tck: int) -> dict:
     return out
 
 
+def cpu_ms_per_request(before: dict, after: dict, clk_tck: int, requests: int) -> dict:
+    """CPU milliseconds per request between two `cpu_sample`s: the machine's (busy time from
+    /proc/stat over all cores) and each group's (utime + stime of its processes; a process that
+    ended or started between the samples is left out), with `other` the rest of the machine's.
+    Unrounded inputs, rounded to 0.01 ms at the end."""
+    out: dict[str, float] = {}
+    if requests <= 0 or after["t"] <= before["t"]:
+        return out
+    total = after["stat_total"] - before["stat_total"]
+    idle = after["stat_idle"] - before["stat_idle"]
+    # /proc/stat counts every core's ticks: busy ticks / clk_tck are CPU-seconds of the machine.
+    machine_s = (total - idle) / clk_tck
+    groups_s = {}
+    for group, ticks in after["groups"].items():
+        used = sum(t - before["groups"].get(group, {}).get(pid, t) for pid, t in ticks.items())
+        groups_s[group] = used / clk_tck
+    out["machine"] = round(machine_s * 1000 / requests, 2)
+    for group, used_s in groups_s.items():
+        out[group] = round(used_s * 1000 / requests, 2)
+    out["other"] = round(max(0.0, machine_s - sum(groups_s.values())) * 1000 / requests, 2)
+    return out
+
+
+def requests_between(rows: list, started: float, t0: float, t1: float) -> tuple[int, int]:
+    """(requests, 2xx) of a Goose run's rows (`workshop.read_request_log`'s tuples: start time
+    in seconds after `started`, latency, status, real, name) sent between the wall-clock times
+    `t0` and `t1`; back-filled rows (not real) are not requests and are left out."""
+    n = ok = 0
+    for r in rows:
+        if r[3] and t0 <= started + r[0] < t1:
+            n += 1
+            ok += 200 <= r[2] < 300
+    return n, ok
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` assignments (an environment variable's name: letters, digits, `_`)."""
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(c.isalnum() or c == "_" for c in key) or key[0].isdigit():
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def parse_variant(text: str) -> dict:
+    """A `--variant`: `[N:]KEY=VALUE[,KEY=VALUE...]`, N the serve instances up (1 or 3; default
+    3), the assignments the environment those instances run with; or a bare `1` or `3`, the
+    baseline again (the database grows as the runs write, so a baseline repeated after the
+    variants shows how much the order alone moved the figures)."""
+    if text.strip() in ("1", "3"):
+        n = int(text)
+        return {"instances": n, "env": {}, "label": f"{n} instance{'s' if n > 1 else ''}"}
+    instances = 3
+    head, sep, rest = text.partition(":")
+    if sep and head.strip().isdigit():
+        instances, text = int(head), rest
+    if instances not in (1, 3):
+        raise ValueError(f"{text!r}: a variant runs 1 or 3 instances")
+    env = parse_env([a for a in text.split(",") if a.strip()])
+    if not env:
+        raise ValueError(f"{text!r}: a variant sets at least one variable")
+    label = f"{instances} instance{'s' if instances > 1 else ''}, " + " ".join(f"{k}={v}" for k, v in env.items())
+    return {"instances": instances, "env": env, "label": label}
+
+
+def numbered(labels: list[str]) -> list[str]:
+    """Labels made unique in order: a repeated one gets ` (2nd)`, ` (3rd)`, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        k = seen[label]
+        out.append(label if k == 1 else f"{label} ({k}{ {2: 'nd', 3: 'rd'}.get(k, 'th') })")
+    return out
+
+
+def file_label(label: str) -> str:
+    """A run's label as a file-name part: `3 instances, A=1 B=2` → `3-instances-A=1-B=2`."""
+    return "-".join(label.replace(",", " ").split()).replace("/", "_")
+
+
 def verdicts(report: dict) -> list[tuple[str, str, str]]:
     """The proofs: (name, PASS|FAIL|SKIP, detail). FAIL in any makes the exit status 1."""
     out = []
+    if report["rolling_restart"] is None:
+        out.append(("zero failed requests during the rolling restart", "SKIP", "--skip-rolling"))
+        return out + later_verdicts(report)
     r = report["rolling_restart"]["failures"]
     out.append(("zero failed requests during the rolling restart",
                 "PASS" if r["failed"] == 0 and r["requests"] > 0 else "FAIL",
@@ -278,6 +369,11 @@ def verdicts(report: dict) -> list[tuple[str, str, str]]:
     expected = report["rolling_restart"]["expected_restarts"]
     out.append(("every instance restarted once mid-run", "PASS" if len(restarts) == expected else "FAIL",
                 f"{len(restarts)} of {expected} restarts"))
+    return out + later_verdicts(report)
+
+
+def later_verdicts(report: dict) -> list[tuple[str, str, str]]:
+    out = []
     e = report["emails"]
     ok = e["due"] > 0 and e["missing"] == 0 and e["duplicates"] == 0 and e["unexpected"] == 0
     out.append(("every assignment email delivered exactly once", "PASS" if ok else "FAIL",
@@ -605,6 +701,7 @@ def cpu_sample(groups: dict[str, list[int]]) -> dict:
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return {
         "t": time.monotonic(),
+        "wall": time.time(),
         "stat_total": sum(fields[:8]),
         "stat_idle": fields[3] + fields[4],
         "ncpu": os.cpu_count() or 1,
@@ -623,6 +720,7 @@ class Instance:
     admin_port: int
     proc: subprocess.Popen | None = None
     up: bool = True  # in nginx's upstream
+    env: dict = field(default_factory=dict)  # its own variables (--instance-env, --variant)
 
 
 @dataclass
@@ -700,7 +798,8 @@ class Deployment:
         env = {"KEEL_HTTP_ADDR": f"127.0.0.1:{inst.http_port}",
                "KEEL_ADMIN_ADDR": f"127.0.0.1:{inst.admin_port}",
                # The primary is shared (max_connections 100 for everyone): 3 × 8 + 2 × 4 at most.
-               "KEEL_DB_MAX_CONNECTIONS": "8" if role == "serve" else "4"}
+               "KEEL_DB_MAX_CONNECTIONS": "8" if role == "serve" else "4",
+               **inst.env}
         inst.proc = self.stack.start_process(
             inst.name, [str(self.keel), role], f"http://127.0.0.1:{inst.admin_port}/readyz", env)
 
@@ -762,6 +861,16 @@ class Deployment:
         ready = time.monotonic() - started
         self.event(f"{inst.name}: exited after {took:.1f} s, ready again after {ready:.1f} s")
         return {"instance": inst.name, "at_s": round(t, 2), "exit_s": round(took, 2), "ready_s": round(ready, 2)}
+
+    def configure_serve(self, inst: Instance, env: dict) -> None:
+        """Restart a serve instance with `env` as its own variables, if it has others (between
+        runs: nothing is routed to it while it restarts that matters to a measurement)."""
+        if inst.env == env and inst.proc is not None and inst.proc.poll() is None:
+            return
+        self.stop_instance(inst)
+        inst.env = dict(env)
+        self.start_instance(inst, "serve")
+        note(f"{inst.name} restarted with {env or 'no variables of its own'}")
 
     def metrics_sum(self, name: str, labels: dict | None = None) -> float | None:
         total, seen = 0.0, False
@@ -842,8 +951,10 @@ class GoosePids:
         return [p for p in _pids_by_exe((self.name,)) if _ppid(p) == os.getpid()]
 
 
-def measured_cpu(dep: Deployment, goose: Path, start_at: float, end_at: float, out: dict) -> threading.Thread:
-    """Samples CPU at `start_at` and `end_at` (time.time()) in a thread; fills `out`."""
+def measured_cpu(dep: Deployment, goose: Path, start_at: float, end_at: float, out: dict,
+                 raw: dict | None = None) -> threading.Thread:
+    """Samples CPU at `start_at` and `end_at` (time.time()) in a thread; fills `out` (cores
+    busy) and `raw` (the two samples, when given)."""
 
     def groups() -> dict[str, list[int]]:
         nginx = [dep.nginx.pid] if dep.nginx else []
@@ -854,6 +965,9 @@ def measured_cpu(dep: Deployment, goose: Path, start_at: float, end_at: float, o
             "nginx": nginx,
             "goose": GoosePids(goose)(),
             "postgres (all)": _pids_by_exe(("postgres",)),
+            # Redis (its executable is redis-check-rdb on Debian: redis-server is a link to it)
+            # and RabbitMQ's Erlang VM: shared services, so any other user's use counts too.
+            "redis + rabbitmq": _pids_by_exe(("redis-server", "redis-check-rdb", "beam.smp")),
         }
 
     def body() -> None:
@@ -863,6 +977,8 @@ def measured_cpu(dep: Deployment, goose: Path, start_at: float, end_at: float, o
         time.sleep(max(0.0, end_at - time.time()))
         after = cpu_sample(g)
         out.update(cpu_cores(before, after, os.sysconf("SC_CLK_TCK")))
+        if raw is not None:
+            raw.update(before=before, after=after)
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
@@ -897,9 +1013,31 @@ def parse_args(argv: list[str]):
     p.add_argument("--drain-timeout", default="120s", help="wait for the email backlog, at most (default 120s)")
     p.add_argument("--require-replica-reads", action="store_true",
                    help="fail when no read reached the replica even if this keel cannot route reads")
-    p.add_argument("--skip-compare", action="store_true", help="no 1-vs-3 runs")
+    p.add_argument("--skip-compare", action="store_true", help="no closed-loop 1-vs-3 runs")
+    p.add_argument("--skip-rolling", action="store_true",
+                   help="no rolling-restart run (its checks SKIP): the comparisons only")
+    p.add_argument("--cost-at", type=int, default=0, metavar="RATE",
+                   help="also run peak-hour at a fixed RATE req/s against 1 instance and 3 (and each "
+                        "--variant) and report CPU-ms per request per group of processes (default off)")
+    p.add_argument("--cost-duration", default="20s", help="each fixed-rate run, measured (default 20s)")
+    p.add_argument("--three-first", action="store_true",
+                   help="run the 3-instance baseline before the 1-instance one (order check)")
+    p.add_argument("--instance-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a variable for every serve instance whenever the three are up (the rolling "
+                        "restart and the 3-instance runs); repeatable")
+    p.add_argument("--variant", action="append", default=[], metavar="[N:]KEY=VALUE[,KEY=VALUE]",
+                   help="one more configuration to compare, after the baselines: N (1 or 3, default 3) "
+                        "serve instances up, restarted with these variables (3: on top of --instance-env); "
+                        "a bare 1 or 3 repeats that baseline; repeatable")
     p.add_argument("--pg-server", default=os.environ.get("PG_SERVER", "postgres://postgres@127.0.0.1:5432"))
     args = p.parse_args(argv)
+    try:
+        args.instance_env = parse_env(args.instance_env)
+        args.variant = [parse_variant(v) for v in args.variant]
+    except ValueError as e:
+        p.error(str(e))
+    if args.cost_at < 0:
+        p.error("--cost-at: a rate in req/s")
     ws.check_loopback(args.pg_server)
     if not args.pg_server.rstrip("/").endswith(":5432"):
         raise RunError("--pg-server: the replica is made of the local cluster on 127.0.0.1:5432")
@@ -1021,7 +1159,8 @@ class Run:
         time.sleep(0.3)
         nginx_dir = self.scratch / "nginx"
         nginx_dir.mkdir(mode=0o755)
-        serves = [Instance(f"serve-{i + 1}", ws.free_port(), ws.free_port()) for i in range(3)]
+        serves = [Instance(f"serve-{i + 1}", ws.free_port(), ws.free_port(), env=dict(args.instance_env))
+                  for i in range(3)]
         workers = [Instance(f"worker-{i + 1}", 0, ws.free_port()) for i in range(2)]
         dep = self.dep = Deployment(self.stack, keel, nginx_dir, ws.free_port(), serves, workers, self.out,
                                     ws.seconds(args.shutdown_delay), self.guardian)
@@ -1038,46 +1177,61 @@ class Run:
         xact_before = self.replica.xact_commit(tag)
 
         # 3. The peak-hour load through nginx, with the rolling restart in the middle.
-        duration = ws.seconds(args.duration)
-        ramp = min(10.0, duration / 3)
-        shape = ws.Shape("peak-hour", args.rate, duration, 5.0, ramp)
-        restarts: list = []
-        restart_errors: list = []
+        rolling_report = None
+        if not args.skip_rolling:
+            duration = ws.seconds(args.duration)
+            ramp = min(10.0, duration / 3)
+            shape = ws.Shape("peak-hour", args.rate, duration, 5.0, ramp)
+            restarts: list = []
+            restart_errors: list = []
 
-        def rolling() -> None:
-            try:
-                time.sleep(ramp + 5.0 + 5.0)  # into the measured part
-                for inst in serves:
-                    restarts.append(dep.restart_serve(inst))
-                    time.sleep(2.0)
-                for inst in workers:
-                    restarts.append(dep.restart_worker(inst))
-                    time.sleep(2.0)
-            except Exception as e:  # reported, and the proof fails
-                restart_errors.append(f"{type(e).__name__}: {e}")
-                dep.event(f"rolling restart failed: {e}")
+            def rolling() -> None:
+                try:
+                    time.sleep(ramp + 5.0 + 5.0)  # into the measured part
+                    for inst in serves:
+                        restarts.append(dep.restart_serve(inst))
+                        time.sleep(2.0)
+                    for inst in workers:
+                        restarts.append(dep.restart_worker(inst))
+                        time.sleep(2.0)
+                except Exception as e:  # reported, and the proof fails
+                    restart_errors.append(f"{type(e).__name__}: {e}")
+                    dep.event(f"rolling restart failed: {e}")
 
-        dep.t0 = time.time()
-        roller = threading.Thread(target=rolling, daemon=True)
-        roller.start()
-        run = ws.run_goose(goose, self.stack, shape, self.out, "rolling-restart", None, [])
-        roller.join(timeout=120)
-        if roller.is_alive():
-            restart_errors.append("the rolling restart did not finish within the run + 120 s")
-        failures = request_failures(self.out / "requests-rolling-restart.jsonl")
-        summary = ws.summarise(run)
-        access = parse_access_log((nginx_dir / "access.log").read_text(), run.started, time.time())
-        rolling_report = {
-            "rate": shape.rate, "users": shape.goose_users(), "pace_ms": shape.pace_ms,
-            "duration_s": shape.total(), "summary": {k: v for k, v in summary.items() if k != "by_request"},
-            "failures": failures, "restarts": restarts, "expected_restarts": len(serves) + len(workers),
-            "restart_errors": restart_errors, "events": dep.events, "nginx": access,
-        }
+            dep.t0 = time.time()
+            roller = threading.Thread(target=rolling, daemon=True)
+            roller.start()
+            run = ws.run_goose(goose, self.stack, shape, self.out, "rolling-restart", None, [])
+            roller.join(timeout=120)
+            if roller.is_alive():
+                restart_errors.append("the rolling restart did not finish within the run + 120 s")
+            failures = request_failures(self.out / "requests-rolling-restart.jsonl")
+            summary = ws.summarise(run)
+            access = parse_access_log((nginx_dir / "access.log").read_text(), run.started, time.time())
+            rolling_report = {
+                "rate": shape.rate, "users": shape.goose_users(), "pace_ms": shape.pace_ms,
+                "duration_s": shape.total(), "summary": {k: v for k, v in summary.items() if k != "by_request"},
+                "failures": failures, "restarts": restarts, "expected_restarts": len(serves) + len(workers),
+                "restart_errors": restart_errors, "events": dep.events, "nginx": access,
+            }
 
         # 4. One instance against three: the same closed-loop load (users with no pause, so
-        # each one sends its next request as soon as the previous is answered).
-        compare = []
-        if not args.skip_compare:
+        # each one sends its next request as soon as the previous is answered), and, with
+        # --cost-at, the same mix at a fixed rate (open loop) with the CPU each group of
+        # processes spent per request. Then the same for each --variant.
+        compare: list = []
+        cost: list = []
+        configs = [{"label": "1 instance", "instances": 1, "env": {}},
+                   {"label": "3 instances" + (", " + " ".join(f"{k}={v}" for k, v in args.instance_env.items())
+                                              if args.instance_env else ""),
+                    "instances": 3, "env": dict(args.instance_env)}]
+        if args.three_first:
+            configs.reverse()
+        configs += [{**v, "env": v["env"] if v["instances"] == 1 else {**args.instance_env, **v["env"]}}
+                    for v in args.variant]
+        for config, label in zip(configs, numbered([c["label"] for c in configs])):
+            config["label"] = label
+        if not args.skip_compare or args.cost_at:
             # Capacity is what the service serves, so the guardrails that refuse work are off
             # for these runs (as in guardrails-bench.sh's capacity run): with them on, a closed
             # loop measures how fast Keel says 503 or 429. Flags live in the scratch database,
@@ -1086,35 +1240,20 @@ class Run:
             for flag in ("load_shedding", "rate_limit"):
                 admin.set_flag(flag, False)
             dep.client_keepalive = True
-            for label, up in (("1 instance", [True, False, False]), ("3 instances", [True, True, True])):
-                dep.set_up(up)
+            for config in configs:
+                n = config["instances"]
+                for inst in serves[:n]:
+                    dep.configure_serve(inst, config["env"])
+                dep.set_up([i < n for i in range(len(serves))])
                 time.sleep(1.0)
-                cshape = ws.Shape("peak-hour", 0, ws.seconds(args.compare_duration), 5.0, 0.0,
-                                  pace_ms=1, users=args.compare_users, co_mitigation="disabled")
-                xact0 = self.replica.xact_commit(tag)
-                cpu: dict = {}
-                start = time.time()
-                sampler = measured_cpu(dep, goose, start + cshape.warmup, start + cshape.total() - 0.5, cpu)
-                crun = ws.run_goose(goose, self.stack, cshape, self.out, label.replace(" ", "-"), None, [])
-                sampler.join(timeout=30)
-                s = ws.summarise(crun)
-                sign_in = s["by_request"].get("POST sign-in", {"requests": 0, "non_2xx": 0})
-                compare.append({
-                    "label": label, "users": cshape.goose_users(),
-                    "requests_per_second": s["requests_per_second"], "ok_per_second": s["ok_per_second"],
-                    "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
-                    "failures": request_failures(self.out / f"requests-{label.replace(' ', '-')}.jsonl"),
-                    "cpu_cores": cpu,
-                    # Each instance hashes one password at a time and sheds the sign-ins that
-                    # waited 100 ms: three instances hash up to three times as many, and that
-                    # CPU is taken from the other requests on a 2-core machine.
-                    "sign_in_ok_per_second": round((sign_in["requests"] - sign_in["non_2xx"]) / cshape.duration, 1),
-                    "replica_xact_commit": self.replica.xact_commit(tag) - xact0,
-                    "nginx": parse_access_log((nginx_dir / "access.log").read_text(), crun.started, time.time()),
-                })
-                note(f"{label}: {s['requests_per_second']} req/s, p50 {s['p50_ms']} ms, "
-                     f"p99 {s['p99_ms']} ms, CPU {cpu}")
+                if not args.skip_compare:
+                    compare.append(self.closed_loop(config, goose, tag, nginx_dir))
+                if args.cost_at:
+                    cost.append(self.fixed_rate(config, goose, nginx_dir))
+            for inst in serves:
+                dep.configure_serve(inst, dict(args.instance_env))
             dep.set_up([True, True, True])
+            self.stack.admin = f"http://127.0.0.1:{serves[0].admin_port}"
 
         # 5. The checks: emails, replica reads, then the report.
         due, received = wait_for_emails(self.stack, sink_log, ws.seconds(args.drain_timeout))
@@ -1139,10 +1278,12 @@ class Run:
             "topology": {"serve": len(serves), "worker": len(workers), "nginx_port": dep.nginx_port,
                          "shutdown_delay": args.shutdown_delay},
             "rolling_restart": rolling_report,
+            "instance_env": args.instance_env,
             "emails": emails,
             "replica": replica_facts,
             "replication_slots": {"before": slots_before, "after": slots_after},
             "throughput": compare,
+            "cost": cost,
         }
         report["verdicts"] = [{"check": c, "result": r, "detail": d} for c, r, d in verdicts(report)]
         (self.out / "scale-out.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -1151,10 +1292,75 @@ class Run:
         return 1 if any(v["result"] == "FAIL" for v in report["verdicts"]) else 0
 
 
+    def closed_loop(self, config: dict, goose: Path, tag: str, nginx_dir: Path) -> dict:
+        args, dep = self.args, self.dep
+        assert dep is not None and self.replica is not None
+        label = config["label"]
+        cshape = ws.Shape("peak-hour", 0, ws.seconds(args.compare_duration), 5.0, 0.0,
+                          pace_ms=1, users=args.compare_users, co_mitigation="disabled")
+        xact0 = self.replica.xact_commit(tag)
+        cpu: dict = {}
+        start = time.time()
+        sampler = measured_cpu(dep, goose, start + cshape.warmup, start + cshape.total() - 0.5, cpu)
+        crun = ws.run_goose(goose, self.stack, cshape, self.out, file_label(label), None, [])
+        sampler.join(timeout=30)
+        s = ws.summarise(crun)
+        sign_in = s["by_request"].get("POST sign-in", {"requests": 0, "non_2xx": 0})
+        note(f"{label}: {s['requests_per_second']} req/s, p50 {s['p50_ms']} ms, "
+             f"p99 {s['p99_ms']} ms, CPU {cpu}")
+        return {
+            "label": label, "instances": config["instances"], "env": config["env"],
+            "users": cshape.goose_users(),
+            "requests_per_second": s["requests_per_second"], "ok_per_second": s["ok_per_second"],
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+            "failures": request_failures(self.out / f"requests-{file_label(label)}.jsonl"),
+            "cpu_cores": cpu,
+            # Each instance hashes one password at a time and sheds the sign-ins that
+            # waited 100 ms: three instances hash up to three times as many, and that
+            # CPU is taken from the other requests on a 2-core machine.
+            "sign_in_ok_per_second": round((sign_in["requests"] - sign_in["non_2xx"]) / cshape.duration, 1),
+            "replica_xact_commit": self.replica.xact_commit(tag) - xact0,
+            "nginx": parse_access_log((nginx_dir / "access.log").read_text(), crun.started, time.time()),
+        }
+
+    def fixed_rate(self, config: dict, goose: Path, nginx_dir: Path) -> dict:
+        """peak-hour at --cost-at req/s (open loop: users paced as workshop's Shape does), the
+        CPU of each group over the measured part, divided by the requests Goose sent in it."""
+        args, dep = self.args, self.dep
+        assert dep is not None
+        label = f"{config['label']} at {args.cost_at} req-s"
+        shape = ws.Shape("peak-hour", args.cost_at, ws.seconds(args.cost_duration), 5.0, 0.0,
+                         co_mitigation="disabled")
+        cpu: dict = {}
+        raw: dict = {}
+        start = time.time()
+        sampler = measured_cpu(dep, goose, start + shape.warmup, start + shape.total() - 0.5, cpu, raw)
+        run = ws.run_goose(goose, self.stack, shape, self.out, file_label(label), None, [])
+        sampler.join(timeout=30)
+        if "before" not in raw:
+            raise RunError(f"{label}: no CPU samples")
+        t0, t1 = raw["before"]["wall"], raw["after"]["wall"]
+        requests, ok = requests_between(run.rows, run.started, t0, t1)
+        sign_ins, sign_ins_ok = requests_between([r for r in run.rows if r[4] == "POST sign-in"],
+                                                 run.started, t0, t1)
+        per_request = cpu_ms_per_request(raw["before"], raw["after"], os.sysconf("SC_CLK_TCK"), requests)
+        s = ws.summarise(run)
+        note(f"{label}: {requests / (t1 - t0):.1f} req/s, CPU ms per request {per_request}")
+        return {
+            "label": config["label"], "instances": config["instances"], "env": config["env"],
+            "rate": args.cost_at, "users": shape.goose_users(), "seconds": round(t1 - t0, 2),
+            "requests": requests, "requests_per_second": round(requests / (t1 - t0), 1),
+            "ok_share": round(ok / requests, 4) if requests else 0.0,
+            "sign_in_ok_per_second": round(sign_ins_ok / (t1 - t0), 1), "sign_ins": sign_ins,
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+            "cpu_cores": cpu, "cpu_ms_per_request": per_request,
+            "nginx": parse_access_log((nginx_dir / "access.log").read_text(), run.started, time.time()),
+        }
+
+
 def render_summary(report: dict) -> str:
-    """The printed summary: the run, the 1-vs-3 table, the checks."""
+    """The printed summary: the run, the 1-vs-3 table, the CPU per request, the checks."""
     r = report["rolling_restart"]
-    s = r["summary"]
     rep = report["replica"]
     e = report["emails"]
     lines = [
@@ -1165,18 +1371,27 @@ def render_summary(report: dict) -> str:
         f"(the whole shared cluster, {rep.get('primary_databases', '?')} databases); streaming on port "
         f"{rep.get('port')}; max replay lag {rep.get('max_replay_lag_s', 0):.3f} s, "
         f"{rep.get('max_lag_bytes', 0):,} bytes",
-        f"rolling restart: peak-hour at {r['rate']} req/s ({r['users']} users, {r['duration_s']:.0f} s) through nginx "
-        f"(client keep-alive off); {len(r['restarts'])} restarts",
     ]
-    for x in r["restarts"]:
-        lines.append(f"  {x['at_s']:6.1f}s {x['instance']}: exit {x['exit_s']:.1f} s, ready again {x['ready_s']:.1f} s")
-    f = r["failures"]
+    if report.get("instance_env"):
+        lines.append(f"serve instances (3 up) run with {report['instance_env']}")
+    if r is None:
+        lines.append("rolling restart: skipped (--skip-rolling)")
+    else:
+        s = r["summary"]
+        lines.append(
+            f"rolling restart: peak-hour at {r['rate']} req/s ({r['users']} users, {r['duration_s']:.0f} s) through nginx "
+            f"(client keep-alive off); {len(r['restarts'])} restarts")
+        for x in r["restarts"]:
+            lines.append(f"  {x['at_s']:6.1f}s {x['instance']}: exit {x['exit_s']:.1f} s, ready again {x['ready_s']:.1f} s")
+        f = r["failures"]
+        lines += [
+            f"  measured: {s['requests_per_second']} req/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms_uncorrected']} ms; "
+            f"all requests: {f['requests']}, failed {f['failed']}"
+            + (f" {f['by_request']}" if f["failed"] else ""),
+            f"  nginx: {r['nginx']['requests']} requests, per instance {r['nginx']['per_upstream']}, "
+            f"retried on another {r['nginx']['retried']}, 502/504 {r['nginx']['gateway_errors']}",
+        ]
     lines += [
-        f"  measured: {s['requests_per_second']} req/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms_uncorrected']} ms; "
-        f"all requests: {f['requests']}, failed {f['failed']}"
-        + (f" {f['by_request']}" if f["failed"] else ""),
-        f"  nginx: {r['nginx']['requests']} requests, per instance {r['nginx']['per_upstream']}, "
-        f"retried on another {r['nginx']['retried']}, 502/504 {r['nginx']['gateway_errors']}",
         f"emails: {e['due']} due (outbox), {e['received']} received by the sink, {e['duplicates']} duplicates, "
         f"{e['missing']} missing; {e['sent_records']} delivery records 'sent'",
         f"replica reads: {rep['reads']['replica_xact_commit']} transactions on the replica; "
@@ -1184,25 +1399,64 @@ def render_summary(report: dict) -> str:
         "",
     ]
     if report["throughput"]:
-        lines.append("1 vs 3 instances: peak-hour as a closed loop through nginx, load_shedding and rate_limit off")
-        lines.append(f"{'closed loop, peak-hour':24} {'req/s':>8} {'2xx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-                     f"{'failed':>7} {'sign-in 2xx/s':>13}  CPU cores busy: machine = keel serve + postgres + goose + nginx + workers + other")
-        for t in report["throughput"]:
-            c = t["cpu_cores"]
-            lines.append(
-                f"{t['label'] + ', ' + str(t['users']) + ' users':24} {t['requests_per_second']:>8} "
-                f"{t['ok_per_second']:>8} {t['p50_ms']:>8} {t['p99_ms']:>8} {t['failures']['failed']:>7} "
-                f"{t.get('sign_in_ok_per_second', 0):>13}  "
-                f"{c.get('machine', 0)} = {c.get('keel serve', 0)} + {c.get('postgres (all)', 0)} + "
-                f"{c.get('goose', 0)} + {c.get('nginx', 0)} + {c.get('keel worker', 0)} + {c.get('other', 0)}")
-        if len(report["throughput"]) == 2 and report["throughput"][0]["requests_per_second"]:
-            a, b = report["throughput"]
-            lines.append(f"3 instances / 1 instance: {b['requests_per_second'] / a['requests_per_second']:.2f}× "
-                         f"(on {report['machine']['cpus']} cores shared with Postgres, the load generator and nginx)")
-        lines.append("")
+        lines += render_throughput(report["throughput"], report["machine"]["cpus"])
+    if report.get("cost"):
+        lines += render_cost(report["cost"])
     for v in report["verdicts"]:
         lines.append(f"CHECK {v['check']:50} {v['result']}  ({v['detail']})")
     return "\n".join(lines)
+
+
+def render_throughput(rows: list, cpus) -> list[str]:
+    """The closed-loop table, and each row's req/s against the first (one instance)."""
+    width = max(24, *(len(f"{t['label']}, {t['users']} users") for t in rows))
+    lines = ["1 vs 3 instances: peak-hour as a closed loop through nginx, load_shedding and rate_limit off",
+             f"{'closed loop, peak-hour':{width}} {'req/s':>8} {'2xx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'failed':>7} {'sign-in 2xx/s':>13}  CPU cores busy: machine = keel serve + postgres + goose + nginx + workers + redis/rabbitmq + other"]
+    for t in rows:
+        c = t["cpu_cores"]
+        lines.append(
+            f"{t['label'] + ', ' + str(t['users']) + ' users':{width}} {t['requests_per_second']:>8} "
+            f"{t['ok_per_second']:>8} {t['p50_ms']:>8} {t['p99_ms']:>8} {t['failures']['failed']:>7} "
+            f"{t.get('sign_in_ok_per_second', 0):>13}  "
+            f"{c.get('machine', 0)} = {c.get('keel serve', 0)} + {c.get('postgres (all)', 0)} + "
+            f"{c.get('goose', 0)} + {c.get('nginx', 0)} + {c.get('keel worker', 0)} + "
+            f"{c.get('redis + rabbitmq', 0)} + {c.get('other', 0)}")
+    base = rows[0]
+    for t in rows[1:]:
+        if base["requests_per_second"]:
+            lines.append(f"{t['label']} / {base['label']}: {t['requests_per_second'] / base['requests_per_second']:.2f}× "
+                         f"(on {cpus} cores shared with Postgres, the load generator and nginx)")
+    lines.append("")
+    return lines
+
+
+COST_GROUPS = (("keel serve", "serve"), ("postgres (all)", "postgres"), ("keel worker", "workers"),
+               ("nginx", "nginx"), ("goose", "goose"), ("redis + rabbitmq", "redis+mq"), ("other", "other"))
+
+
+def render_cost(rows: list) -> list[str]:
+    """The fixed-rate table: CPU milliseconds per request, the machine's and each group's."""
+    width = max(24, *(len(t["label"]) for t in rows))
+    head = " ".join(f"{short:>8}" for _, short in COST_GROUPS)
+    lines = [f"CPU per request: peak-hour at a fixed {rows[0]['rate']} req/s (open loop) through nginx, "
+             f"{rows[0]['seconds']:.0f} s measured; CPU-ms per request (machine = the groups + other)",
+             f"{'fixed rate':{width}} {'req/s':>7} {'2xx %':>6} {'p50 ms':>7} {'p99 ms':>7} {'sign-in/s':>9} "
+             f"{'machine':>8} {head}"]
+    for t in rows:
+        c = t["cpu_ms_per_request"]
+        lines.append(f"{t['label']:{width}} {t['requests_per_second']:>7} {t['ok_share'] * 100:>6.1f} "
+                     f"{t['p50_ms']:>7} {t['p99_ms']:>7} {t['sign_in_ok_per_second']:>9} {c.get('machine', 0):>8} "
+                     + " ".join(f"{c.get(g, 0):>8}" for g, _ in COST_GROUPS))
+    base = rows[0]["cpu_ms_per_request"]
+    for t in rows[1:]:
+        c = t["cpu_ms_per_request"]
+        if base.get("machine"):
+            lines.append(f"{t['label']} / {rows[0]['label']}: machine {c.get('machine', 0) / base['machine']:.2f}× "
+                         f"CPU per request; keel serve {c.get('keel serve', 0) - base.get('keel serve', 0):+.2f} ms, "
+                         f"postgres {c.get('postgres (all)', 0) - base.get('postgres (all)', 0):+.2f} ms")
+    lines.append("")
+    return lines
 
 
 def main() -> int:

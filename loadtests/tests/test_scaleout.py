@@ -149,6 +149,56 @@ class Parsing(unittest.TestCase):
         self.assertEqual(c["nginx"], 0.0)
         self.assertEqual(c["other"], 0.5)  # the machine's busy time no group accounts for
 
+    def test_cpu_per_request_is_cpu_seconds_over_requests_in_milliseconds(self):
+        before = {"t": 0.0, "stat_total": 0, "stat_idle": 0, "ncpu": 2,
+                  "groups": {"keel serve": {1: 100, 2: 50}, "postgres (all)": {7: 10}}}
+        # 10 s on 2 cores at 100 ticks/s: 2000 ticks, 1500 busy = 15 CPU-seconds.
+        after = {"t": 10.0, "stat_total": 2000, "stat_idle": 500, "ncpu": 2,
+                 "groups": {"keel serve": {1: 600, 2: 550, 3: 999}, "postgres (all)": {7: 310}}}
+        c = scaleout.cpu_ms_per_request(before, after, clk_tck=100, requests=3000)
+        self.assertEqual(c["machine"], 5.0)  # 15 000 ms / 3 000
+        self.assertEqual(c["keel serve"], 3.33)  # 10 s (pid 3 left out) / 3 000
+        self.assertEqual(c["postgres (all)"], 1.0)
+        self.assertEqual(c["other"], 0.67)  # 2 s no group accounts for
+        self.assertEqual(scaleout.cpu_ms_per_request(before, after, 100, 0), {})
+
+    def test_requests_between_counts_real_rows_sent_in_the_window(self):
+        rows = [(0.5, 3.0, 200, True, "a"), (1.0, 3.0, 200, True, "a"), (1.5, 3.0, 503, True, "b"),
+                (1.6, 3.0, 200, False, "a"), (2.0, 3.0, 200, True, "a")]
+        # started at wall 100: the window [101, 102) holds the rows at 1.0 and 1.5 (1.6 is back-fill).
+        self.assertEqual(scaleout.requests_between(rows, 100.0, 101.0, 102.0), (2, 1))
+        self.assertEqual(scaleout.requests_between(rows, 100.0, 200.0, 300.0), (0, 0))
+
+
+class Options(unittest.TestCase):
+    def test_env_assignments_need_a_name_and_an_equals_sign(self):
+        self.assertEqual(scaleout.parse_env(["TOKIO_WORKER_THREADS=1", "A_B=x=y", "E="]),
+                         {"TOKIO_WORKER_THREADS": "1", "A_B": "x=y", "E": ""})
+        for bad in ("NOEQUALS", "=1", "1A=2", "A-B=1"):
+            with self.assertRaises(ValueError, msg=bad):
+                scaleout.parse_env([bad])
+
+    def test_a_variant_is_three_instances_unless_it_says_one(self):
+        v = scaleout.parse_variant("TOKIO_WORKER_THREADS=1,KEEL_DB_MAX_CONNECTIONS=3")
+        self.assertEqual(v["instances"], 3)
+        self.assertEqual(v["env"], {"TOKIO_WORKER_THREADS": "1", "KEEL_DB_MAX_CONNECTIONS": "3"})
+        self.assertEqual(v["label"], "3 instances, TOKIO_WORKER_THREADS=1 KEEL_DB_MAX_CONNECTIONS=3")
+        v = scaleout.parse_variant("1:KEEL_PASSWORD_HASH_CONCURRENCY=3")
+        self.assertEqual((v["instances"], v["label"]), (1, "1 instance, KEEL_PASSWORD_HASH_CONCURRENCY=3"))
+        for bad in ("2:A=1", "1:", "A"):
+            with self.assertRaises(ValueError, msg=bad):
+                scaleout.parse_variant(bad)
+
+    def test_a_bare_count_repeats_the_baseline_and_repeats_are_numbered(self):
+        self.assertEqual(scaleout.parse_variant("1"), {"instances": 1, "env": {}, "label": "1 instance"})
+        self.assertEqual(scaleout.parse_variant("3")["label"], "3 instances")
+        self.assertEqual(scaleout.numbered(["1 instance", "3 instances", "1 instance", "1 instance"]),
+                         ["1 instance", "3 instances", "1 instance (2nd)", "1 instance (3rd)"])
+
+    def test_a_label_makes_a_file_name(self):
+        self.assertEqual(scaleout.file_label("3 instances, A=1 B=2"), "3-instances-A=1-B=2")
+        self.assertEqual(scaleout.file_label("1 instance at 300 req-s"), "1-instance-at-300-req-s")
+
 
 def report(**over):
     r = {
@@ -188,6 +238,15 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(self.results(report(rolling_restart__restarts=[1]))["every instance restarted once mid-run"],
                          "FAIL")
 
+    def test_without_the_rolling_restart_its_check_skips_and_the_others_still_count(self):
+        v = self.results(report(rolling_restart=None))
+        self.assertEqual(v["zero failed requests during the rolling restart"], "SKIP")
+        self.assertNotIn("every instance restarted once mid-run", v)
+        self.assertEqual(v["every assignment email delivered exactly once"], "PASS")
+        r = report(emails__missing=2)
+        r["rolling_restart"] = None
+        self.assertEqual(self.results(r)["every assignment email delivered exactly once"], "FAIL")
+
     def test_replica_reads_fail_when_keel_could_route_them_and_none_came(self):
         r = report(replica__reads__keel_supports_read_url=True)
         self.assertEqual(self.results(r)["replica reads observed"], "FAIL")
@@ -197,6 +256,20 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(self.results(r)["replica reads observed"], "PASS")
         r = report(replica__reads__keel_read_route_replica=3.0, replica__reads__keel_supports_read_url=True)
         self.assertEqual(self.results(r)["replica reads observed"], "PASS")
+
+
+class Summary(unittest.TestCase):
+    def test_the_cost_table_has_a_row_per_configuration_and_the_ratio_to_the_first(self):
+        row = {"label": "1 instance", "rate": 300, "seconds": 19.5, "requests_per_second": 299.0,
+               "ok_share": 0.99, "p50_ms": 4.0, "p99_ms": 30.0, "sign_in_ok_per_second": 9.0,
+               "cpu_ms_per_request": {"machine": 3.0, "keel serve": 1.0, "postgres (all)": 1.0,
+                                      "keel worker": 0.2, "nginx": 0.2, "goose": 0.3, "other": 0.3}}
+        three = {**row, "label": "3 instances",
+                 "cpu_ms_per_request": {**row["cpu_ms_per_request"], "machine": 3.6, "keel serve": 1.5}}
+        text = "\n".join(scaleout.render_cost([row, three]))
+        self.assertIn("fixed 300 req/s", text)
+        self.assertIn("3 instances / 1 instance: machine 1.20× CPU per request; keel serve +0.50 ms", text)
+        self.assertEqual(sum(1 for l in text.splitlines() if " 299.0 " in l), 2)
 
 
 if __name__ == "__main__":
