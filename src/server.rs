@@ -221,14 +221,11 @@ fn start_background(state: &AppState, role: Role) -> Background {
         });
     }
     if role.serves_api()
-        && let (Some(replica), Some(read)) = (
-            state.loaders.reads().replica().cloned(),
-            state.config.database.read.as_ref(),
-        )
+        && let Some(replica) = state.loaders.reads().replica().cloned()
     {
-        let (primary, poll) = (state.db.pool().clone(), read.poll);
+        let primary = state.db.pool().clone();
         background.spawn("read-replica monitor", move |stop| {
-            replica.run_monitor(primary, poll, stop)
+            replica.run_monitor(primary, stop)
         });
     }
     if role.serves_api() {

@@ -42,6 +42,8 @@ pub struct Replica {
     db: Db,
     status: Arc<Shared>,
     max_lag: Duration,
+    /// `KEEL_DB_READ_POLL`.
+    poll: Duration,
 }
 
 /// The monitor's reading, shared between the monitor and the readers.
@@ -93,6 +95,7 @@ impl Replica {
             db: Db::new(pool, breaker, faults),
             status: Arc::default(),
             max_lag: config.max_lag,
+            poll: config.poll,
         }
     }
 
@@ -128,13 +131,13 @@ impl Replica {
         self.db.ping().await
     }
 
-    /// Polls the replica (and the primary, for the lag in bytes) every `poll` until
-    /// `stop`. Each poll is cut to `poll` itself at the least 1 s, so that a replica
-    /// that stopped answering is marked down within a poll or so, not after a TCP
-    /// timeout.
-    pub async fn run_monitor(self, primary: PgPool, poll: Duration, stop: CancellationToken) {
-        let timeout = poll.max(Duration::from_secs(1));
-        let mut interval = tokio::time::interval(poll);
+    /// Polls the replica (and the primary, for the lag in bytes) every
+    /// `KEEL_DB_READ_POLL` until `stop`. Each poll is cut to the poll interval, at the
+    /// least 1 s, so that a replica that stopped answering is marked down within a poll or
+    /// so, not after a TCP timeout.
+    pub async fn run_monitor(self, primary: PgPool, stop: CancellationToken) {
+        let timeout = self.poll.max(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(self.poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut standby: Option<bool> = None;
         loop {
