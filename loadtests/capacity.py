@@ -28,7 +28,6 @@ import json
 import os
 import pwd
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -533,10 +532,8 @@ class CapacitySession(ws.Session):
         self.args = args
         self.stack = None
         self.guardian = None
-        self._closed = False
         self.worker_pid = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        self._handle_signals()
         self.out = args.out
         self.keel, sink, self.goose = ws.build()
         self.record = self.out / "switches.json"

@@ -1044,7 +1044,7 @@ def parse_args(argv: list[str]):
     return args
 
 
-class Run:
+class Run(ws.Interruptible):
     """Everything the run starts, and its clean-up in reverse order, on every exit path."""
 
     def __init__(self, args):
@@ -1059,21 +1059,9 @@ class Run:
         self.replica: Replica | None = None
         self.hba: HbaLine | None = None
         self.guardian: Guardian | None = None
-        self._closed = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        self._handle_signals()
 
-    def _on_signal(self, signum, _frame):
-        note(f"interrupted ({signal.Signals(signum).name}); cleaning up")
-        self.close()
-        sys.exit(128 + signum)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def _close(self) -> None:
         steps = [
             ("nginx", lambda: self.dep and self.dep.stop_nginx()),
             ("keel processes, scratch database, RabbitMQ names, Redis keys", lambda: self.stack and self.stack.stop()),

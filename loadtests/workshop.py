@@ -1085,19 +1085,48 @@ def check_loopback(url: str) -> None:
         raise RunError(f"{url}: load goes to loopback only")
 
 
-class Session:
+class Interruptible:
+    """A command's life that SIGINT/SIGTERM end the same way as its normal end: `close()`,
+    run once, with the signals ignored while it runs; a subclass says what closing does in
+    `_close()` and installs the handlers (`_handle_signals()`) before it starts anything."""
+
+    _interrupted = "cleaning up"  # what the note on a signal says is happening
+    _closed = False
+
+    def _handle_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame):
+        note(f"interrupted ({signal.Signals(signum).name}); {self._interrupted}")
+        self.close()
+        sys.exit(128 + signum)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._close()
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class Session(Interruptible):
     """One command's life: the build, the stack, the switch record, the guardian; `close()`
     (also on SIGINT/SIGTERM) restores the switches and stops what it started."""
+
+    _interrupted = "restoring and stopping"
 
     def __init__(self, args, name: str):
         self.args = args
         self.stack: Stack | None = None
         self.guardian: Guardian | None = None
-        self._closed = False
         # First of all, so that an interrupt at any point (the build included) ends the
         # same way: whatever exists so far is put back and stopped.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        self._handle_signals()
         self.out = (args.out or ROOT / "target" / "workshop" / name).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.keel, sink, self.goose = build()
@@ -1116,17 +1145,7 @@ class Session:
             self.stack = own_stack(args, self.out, self.keel, sink, self.guardian)
         self.switches = Switches(Admin(self.stack.admin, self.stack.token), self.record)
 
-    def _on_signal(self, signum, _frame):
-        note(f"interrupted ({signal.Signals(signum).name}); restoring and stopping")
-        self.close()
-        sys.exit(128 + signum)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def _close(self) -> None:
         if hasattr(self, "switches"):  # not before the stack is up
             try:
                 self.switches.restore()
