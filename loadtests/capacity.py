@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workshop as ws  # noqa: E402
+from workshop import cpu_busy, stat_ticks  # noqa: E402  (the /proc readers)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 COMPONENTS = ["keel-serve", "keel-worker", "postgres-mine", "postgres", "redis", "rabbitmq"]
@@ -58,27 +59,8 @@ def note(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading /proc (pure functions of the text, for the tests)
-
-
-def stat_ticks(stat_text: str) -> int:
-    """utime + stime (clock ticks) from a /proc/PID/stat line. The command name (field 2) is in
-    parentheses and may hold spaces or parentheses itself, so fields are counted after the last
-    `)`: state is field 3, utime 14 and stime 15."""
-    rest = stat_text[stat_text.rindex(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])
-
-
-def cpu_busy(proc_stat_text: str) -> tuple[int, int]:
-    """(busy, total) ticks of all cores from /proc/stat's `cpu` line; busy leaves out idle and
-    iowait (guest time is already inside user)."""
-    for line in proc_stat_text.splitlines():
-        if line.startswith("cpu "):
-            v = [int(x) for x in line.split()[1:]]
-            user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-            busy = user + nice + system + irq + softirq + steal
-            return busy, busy + idle + iowait
-    raise ValueError("no cpu line in /proc/stat")
+# Whose a process is, and the arithmetic (pure functions, for the tests); the /proc readers
+# themselves are workshop.py's, shared with the scale-out runner
 
 
 def component_of(comm: str, cmdline: str, user: str, database: str) -> str | None:
@@ -146,17 +128,6 @@ def counts_delta(before: dict[str, float], after: dict[str, float]) -> dict[str,
 CACHE_COUNTERS = ("keel_cache_requests_total", "keel_cache_fills_total", "keel_cache_invalidations_total")
 
 
-def counter_sums(metrics_text: str, names: tuple[str, ...] = CACHE_COUNTERS) -> dict[str, float]:
-    """Each counter's sum over all its labels (Keel's own count of its cache calls: lookups,
-    fills, invalidations — a shared Redis's INFO counts every client's commands)."""
-    out = {n: 0.0 for n in names}
-    for line in metrics_text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in out:
-            out[name] += float(line.rsplit(" ", 1)[1])
-    return out
-
-
 def redis_total_commands(info_text: str) -> int:
     for line in info_text.splitlines():
         if line.startswith("total_commands_processed:"):
@@ -221,13 +192,13 @@ class Probe:
             with urllib.request.urlopen(self.admin + "/metrics", timeout=5) as r:
                 text = r.read().decode()
             snap["classes"] = class_counts(text)
-            snap["cache"] = counter_sums(text)
+            snap["cache"] = ws.metric_sums(text, CACHE_COUNTERS)
         except OSError:
             snap["classes"], snap["cache"] = {}, {}
         if self.worker_admin:
             try:
                 with urllib.request.urlopen(self.worker_admin + "/metrics", timeout=5) as r:
-                    for k, v in counter_sums(r.read().decode()).items():
+                    for k, v in ws.metric_sums(r.read().decode(), CACHE_COUNTERS).items():
                         snap["cache"][k] = snap["cache"].get(k, 0.0) + v
             except OSError:
                 pass
@@ -354,12 +325,6 @@ def redis_memory(prefix: str, per_kind: int = 200, max_keys: int = 50_000) -> di
     return out
 
 
-def psql_rows(url: str, sql: str) -> list[list[str]]:
-    text = subprocess.run(["psql", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
-                          capture_output=True, text=True, check=True, timeout=60).stdout
-    return [line.split("\t") for line in text.splitlines() if line]
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -409,7 +374,7 @@ def measure(session, stack, probe: Probe, name: str, scenario: str, rate: int, a
         result["cache_calls_per_request"] = {k.removeprefix("keel_cache_").removesuffix("_total"): round(v / requests, 3)
                                              for k, v in w["cache_calls"].items()}
     t_a, t_b = wall0 + warmup + 1.0, wall0 + warmup + duration - 1.0
-    rows = psql_rows(stack.env["DATABASE_URL"], "select kind, count(*) from outbox where created_at >= "
+    rows = ws.psql_rows(stack.env["DATABASE_URL"], "select kind, count(*) from outbox where created_at >= "
                      f"to_timestamp({t_a}) and created_at < to_timestamp({t_b}) group by kind order by kind")
     if rows and requests:
         writes = w["requests"].get("write", 0.0)

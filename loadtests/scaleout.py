@@ -252,6 +252,15 @@ def parse_access_log(text: str, since: float = 0.0, until: float = float("inf"))
             "retried": retried, "gateway_errors": gateway_errors}
 
 
+def group_seconds(before: dict, after: dict, clk_tck: int) -> dict[str, float]:
+    """CPU-seconds each group's processes used between two `cpu_sample`s (utime + stime; a
+    process that ended or started between the samples is left out)."""
+    return {
+        group: sum(t - before["groups"].get(group, {}).get(pid, t) for pid, t in ticks.items()) / clk_tck
+        for group, ticks in after["groups"].items()
+    }
+
+
 def cpu_cores(before: dict, after: dict, clk_tck: int) -> dict:
     """Cores kept busy between two `cpu_sample`s: the machine's (from /proc/stat) and each
     group's (from its processes' utime + stime; a process that ended between the samples is
@@ -263,9 +272,8 @@ def cpu_cores(before: dict, after: dict, clk_tck: int) -> dict:
     total = after["stat_total"] - before["stat_total"]
     idle = after["stat_idle"] - before["stat_idle"]
     out["machine"] = round((total - idle) / total * after["ncpu"], 2) if total else 0.0
-    for group, ticks in after["groups"].items():
-        used = sum(t - before["groups"].get(group, {}).get(pid, t) for pid, t in ticks.items())
-        out[group] = round(used / clk_tck / dt, 2)
+    for group, used_s in group_seconds(before, after, clk_tck).items():
+        out[group] = round(used_s / dt, 2)
     # Whatever else ran: Redis, RabbitMQ, the runner, other people's work on a shared machine.
     out["other"] = round(max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine")), 2)
     return out
@@ -283,10 +291,7 @@ def cpu_ms_per_request(before: dict, after: dict, clk_tck: int, requests: int) -
     idle = after["stat_idle"] - before["stat_idle"]
     # /proc/stat counts every core's ticks: busy ticks / clk_tck are CPU-seconds of the machine.
     machine_s = (total - idle) / clk_tck
-    groups_s = {}
-    for group, ticks in after["groups"].items():
-        used = sum(t - before["groups"].get(group, {}).get(pid, t) for pid, t in ticks.items())
-        groups_s[group] = used / clk_tck
+    groups_s = group_seconds(before, after, clk_tck)
     out["machine"] = round(machine_s * 1000 / requests, 2)
     for group, used_s in groups_s.items():
         out[group] = round(used_s * 1000 / requests, 2)
@@ -679,8 +684,7 @@ def guard_extra(lines: list[str]) -> None:
 
 def _proc_ticks(pid: int) -> int | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
+        return ws.stat_ticks(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return None
 
@@ -698,12 +702,12 @@ def _pids_by_exe(names: tuple[str, ...]) -> list[int]:
 
 
 def cpu_sample(groups: dict[str, list[int]]) -> dict:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy, total = ws.cpu_busy(Path("/proc/stat").read_text())
     return {
         "t": time.monotonic(),
         "wall": time.time(),
-        "stat_total": sum(fields[:8]),
-        "stat_idle": fields[3] + fields[4],
+        "stat_total": total,
+        "stat_idle": total - busy,
         "ncpu": os.cpu_count() or 1,
         "groups": {g: {p: t for p in pids if (t := _proc_ticks(p)) is not None} for g, pids in groups.items()},
     }

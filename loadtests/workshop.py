@@ -401,6 +401,13 @@ def redis_delete_prefix(prefix: str, host: str = "127.0.0.1", port: int = 6379) 
     return deleted
 
 
+def psql_rows(url: str, sql: str, timeout: float = 60) -> list[list[str]]:
+    """The rows of one query (`psql -X -At`), each a list of its columns."""
+    text = subprocess.run(["psql", "-X", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
+                          capture_output=True, text=True, check=True, timeout=timeout).stdout
+    return [line.split("\t") for line in text.splitlines() if line]
+
+
 def psql(url: str, sql: str) -> None:
     subprocess.run(
         ["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
@@ -618,17 +625,43 @@ class RunResult:
     steps: list  # (t_s, description)
 
 
-def metric_sums(text: str) -> dict[str, float]:
-    """Sums of the counters the reports use, over all their labels."""
-    sums: dict[str, float] = {}
+# The counters a run's report compares before and after.
+REPORT_COUNTERS = ("keel_shed_total", "keel_rate_limited_total", "keel_deadline_exceeded_total",
+                   "http_server_request_duration_seconds_count")
+
+
+def metric_sums(text: str, names: tuple[str, ...] = REPORT_COUNTERS) -> dict[str, float]:
+    """Each of `names`' sum over all its series in a Prometheus exposition (0 when absent)."""
+    sums = {name: 0.0 for name in names}
     for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        for name in ("keel_shed_total", "keel_rate_limited_total", "keel_deadline_exceeded_total",
-                     "http_server_request_duration_seconds_count"):
-            if line.startswith(name):
-                sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
     return sums
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading /proc (pure functions of the text, for the tests)
+
+
+def stat_ticks(stat_text: str) -> int:
+    """utime + stime (clock ticks) from a /proc/PID/stat line. The command name (field 2) is in
+    parentheses and may hold spaces or parentheses itself, so fields are counted after the last
+    `)`: state is field 3, utime 14 and stime 15."""
+    rest = stat_text[stat_text.rindex(")") + 2:].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def cpu_busy(proc_stat_text: str) -> tuple[int, int]:
+    """(busy, total) ticks of all cores from /proc/stat's `cpu` line; busy leaves out idle and
+    iowait (guest time is already inside user)."""
+    for line in proc_stat_text.splitlines():
+        if line.startswith("cpu "):
+            v = [int(x) for x in line.split()[1:]]
+            user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+            busy = user + nice + system + irq + softirq + steal
+            return busy, busy + idle + iowait
+    raise ValueError("no cpu line in /proc/stat")
 
 
 def run_goose(goose: Path, stack: Stack, shape: Shape, workdir: Path, label: str,
