@@ -1051,6 +1051,8 @@ def parse_args(argv: list[str]):
 class Run(ws.Interruptible):
     """Everything the run starts, and its clean-up in reverse order, on every exit path."""
 
+    _note = staticmethod(note)
+
     def __init__(self, args):
         self.args = args
         self.out = (args.out or ws.ROOT / "target" / "scale-out").resolve()

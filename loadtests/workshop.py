@@ -1124,6 +1124,7 @@ class Interruptible:
     `_close()` and installs the handlers (`_handle_signals()`) before it starts anything."""
 
     _interrupted = "cleaning up"  # what the note on a signal says is happening
+    _note = staticmethod(note)  # a runner's own, for its prefix
     _closed = False
 
     def _handle_signals(self) -> None:
@@ -1131,7 +1132,7 @@ class Interruptible:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, _frame):
-        note(f"interrupted ({signal.Signals(signum).name}); {self._interrupted}")
+        self._note(f"interrupted ({signal.Signals(signum).name}); {self._interrupted}")
         self.close()
         sys.exit(128 + signum)
 
