@@ -33,6 +33,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -433,6 +434,11 @@ class Stack:
     processes: list = field(default_factory=list)
     workdir: Path | None = None
     guardian: Guardian | None = None
+    # Held from a start's Popen to its entry in `processes`, and by `stop` while it takes the
+    # list: a start racing a stop (another thread of a runner that is being interrupted) is
+    # either stopped with the rest or refused, never left running.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _stopping: bool = field(default=False, repr=False, compare=False)
 
     def keel_cmd(self, *args: str, timeout: float = 600, extra: dict | None = None) -> None:
         assert self.keel is not None
@@ -446,7 +452,9 @@ class Stack:
     def start_process(self, name: str, argv: list[str], ready_url: str | None,
                       extra_env: dict | None = None) -> subprocess.Popen:
         assert self.workdir is not None
-        with open(self.workdir / f"{name}.log", "ab") as log:
+        with self._lock, open(self.workdir / f"{name}.log", "ab") as log:
+            if self._stopping:
+                raise RunError(f"{name} not started: the stack is stopping")
             proc = subprocess.Popen(
                 argv,
                 env={**os.environ, **self.env, **(extra_env or {})},
@@ -454,7 +462,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.processes.append(proc)
+            self.processes.append(proc)
         if self.guardian:
             self.guardian.watch(proc.pid)
         deadline = time.monotonic() + 60
@@ -468,6 +476,8 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
         for proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.terminate()
